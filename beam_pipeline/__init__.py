@@ -1,0 +1,1 @@
+"""The Safety Pretraining data pipeline: options, graph and entry point."""

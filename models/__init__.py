@@ -1,0 +1,1 @@
+"""Everything that knows about a model: the safety classifier and the generators."""

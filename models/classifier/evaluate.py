@@ -1,0 +1,138 @@
+"""Measures the safety classifier on labelled JSONL.
+
+    python -m models.classifier.evaluate --labels FILE.jsonl [--model PATH] [--split dev] [--json]
+
+Reads any JSONL with `text` and `score_0_5` (optional `source`, `id`), scores every text as the
+pipeline does (windows, maximum over windows) and prints, overall and per source:
+- macro_f1 over the 6 classes;
+- recall_at_1 / precision_at_1 and recall_at_3 / precision_at_3: a text counts as flagged at
+  threshold t when its predicted score >= t; recall is over texts whose label is >= t,
+  precision over flagged texts (the paper's Table 4);
+- auroc / auprc for unsafe := label >= 3, ranked by the highest window probability of >= 3;
+- fpr_score0: the share of score-0 texts predicted >= 1, i.e. safe texts the pipeline would
+  rewrite or tag.
+A figure that a group cannot define (no positives, say) is null.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import sys
+
+import numpy as np
+
+from models.classifier import chunking, data
+from models.classifier.handler import make_session, run_windows
+
+
+def score_texts(texts, model_path: str, window: int, overlap: int, batch_texts: int = 256,
+                max_batch_tokens: int = 16384):
+  """(predicted scores, P(score >= 3) of the most unsafe window) for each text."""
+  session = make_session(model_path)
+  windower = chunking.Windower(window, overlap)
+  scores, unsafe_probs = [], []
+  for start in range(0, len(texts), batch_texts):
+    per_text = windower.windows(texts[start:start + batch_texts])
+    flat = [w for windows in per_text for w in windows]
+    probs = run_windows(session, flat, max_batch_tokens)
+    offset = 0
+    for windows in per_text:
+      text_probs = probs[offset:offset + len(windows)]
+      offset += len(windows)
+      scores.append(chunking.document_score(text_probs)[0])
+      unsafe_probs.append(float(text_probs[:, 3:].sum(axis=1).max()))
+  return np.asarray(scores), np.asarray(unsafe_probs)
+
+
+def _ratio(numerator: int, denominator: int):
+  return None if denominator == 0 else numerator / denominator
+
+
+def figures(labels: np.ndarray, predicted: np.ndarray, unsafe_prob: np.ndarray) -> dict:
+  """The evaluation figures for one group of texts."""
+  from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
+  result = {"n": int(len(labels)), "n_score0": int((labels == 0).sum())}
+  result["macro_f1"] = float(f1_score(labels, predicted, labels=list(range(6)), average="macro",
+                                      zero_division=0))
+  for t in (1, 3):
+    positive, flagged = labels >= t, predicted >= t
+    result[f"recall_at_{t}"] = _ratio(int((positive & flagged).sum()), int(positive.sum()))
+    result[f"precision_at_{t}"] = _ratio(int((positive & flagged).sum()), int(flagged.sum()))
+  unsafe = labels >= 3
+  both_classes = 0 < unsafe.sum() < len(unsafe)
+  result["auroc"] = float(roc_auc_score(unsafe, unsafe_prob)) if both_classes else None
+  result["auprc"] = float(average_precision_score(unsafe, unsafe_prob)) if both_classes else None
+  safe = labels == 0
+  result["fpr_score0"] = _ratio(int((safe & (predicted >= 1)).sum()), int(safe.sum()))
+  return result
+
+
+def evaluate(examples, model_path: str, window: int, overlap: int) -> dict:
+  labels = np.asarray([e.score for e in examples])
+  predicted, unsafe_prob = score_texts([e.text for e in examples], model_path, window, overlap)
+  by_source = collections.defaultdict(list)
+  for index, example in enumerate(examples):
+    by_source[example.source].append(index)
+  return {
+      "overall": figures(labels, predicted, unsafe_prob),
+      "by_source": {
+          source: figures(labels[rows], predicted[rows], unsafe_prob[rows])
+          for source, rows in sorted(by_source.items())
+      },
+  }
+
+
+def format_table(result: dict) -> str:
+  columns = ["n", "macro_f1", "recall_at_1", "precision_at_1", "recall_at_3", "precision_at_3",
+             "auroc", "auprc", "fpr_score0"]
+  lines = ["group".ljust(28) + "".join(c.rjust(15) for c in columns)]
+  rows = [("overall", result["overall"]), *result["by_source"].items()]
+  for name, values in rows:
+    cells = []
+    for column in columns:
+      value = values[column]
+      cells.append(("-" if value is None else
+                    str(value) if isinstance(value, int) else f"{value:.4f}").rjust(15))
+    lines.append(name.ljust(28) + "".join(cells))
+  return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog="python -m models.classifier.evaluate", description=__doc__,
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--labels", required=True, help="JSONL with text and score_0_5")
+  parser.add_argument("--model", default=None,
+                      help="ONNX file (default: the shipped int8 classifier)")
+  parser.add_argument("--split", choices=["all", "dev", "train"], default="all",
+                      help="rows to use: all, or the dev/train split by the stable id hash")
+  parser.add_argument("--window", type=int, default=chunking.DEFAULT_WINDOW,
+                      help="window length in tokens")
+  parser.add_argument("--overlap", type=int, default=chunking.DEFAULT_OVERLAP,
+                      help="tokens shared by consecutive windows")
+  parser.add_argument("--json", action="store_true", help="print one JSON object")
+  return parser
+
+
+def main(argv=None):
+  args = build_parser().parse_args(argv)
+  examples = data.read_labels(args.labels)
+  if args.split != "all":
+    train, dev = data.split(examples)
+    examples = dev if args.split == "dev" else train
+  model_path = args.model
+  if model_path is None:
+    from models.classifier.export import default_model_path
+    model_path = default_model_path()
+  result = evaluate(examples, model_path, args.window, args.overlap)
+  if args.json:
+    json.dump(result, sys.stdout, sort_keys=True)
+    sys.stdout.write("\n")
+  else:
+    print(format_table(result))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,131 @@
+"""The ONNX Runtime ModelHandler of the safety classifier, for Beam's RunInference.
+
+An example is one document's token windows (a list of int64 arrays from
+`chunking.Windower`), or a single window; the inference is the windows' score probabilities,
+shape (windows, 6), or (6,) for a single window. Unlike Beam's `OnnxModelHandlerNumpy` this
+handler feeds both graph inputs (`input_ids`, `attention_mask`). Within a batch, the windows of
+all documents are sorted by length and run in sub-batches of similar length under a token
+budget, so padding stays small.
+"""
+
+from __future__ import annotations
+
+import typing
+
+import numpy as np
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+
+Windows = typing.Union[np.ndarray, typing.Sequence[np.ndarray]]
+
+
+def make_session(model_path: str, device: str = "cpu", intra_op_threads: int = 0):
+  """An ONNX Runtime session; options are built here since they cannot be pickled."""
+  import onnxruntime as ort
+  options = ort.SessionOptions()
+  options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+  if intra_op_threads:
+    options.intra_op_num_threads = intra_op_threads
+  providers = ["CPUExecutionProvider"]
+  if device == "cuda":
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+  return ort.InferenceSession(model_path, sess_options=options, providers=providers)
+
+
+def run_windows(session, windows: typing.Sequence[np.ndarray], max_batch_tokens: int) -> np.ndarray:
+  """Probabilities (len(windows), 6) for token windows, in length-sorted padded sub-batches."""
+  probs = np.zeros((len(windows), 6), dtype=np.float32)
+  order = sorted(range(len(windows)), key=lambda i: len(windows[i]))
+  start = 0
+  while start < len(order):
+    end = start + 1
+    # windows are sorted by length, so the batch's padded size is count * the last one's length
+    while end < len(order) and (end + 1 - start) * len(windows[order[end]]) <= max_batch_tokens:
+      end += 1
+    rows = order[start:end]
+    length = len(windows[rows[-1]])
+    ids = np.zeros((len(rows), length), dtype=np.int64)
+    mask = np.zeros((len(rows), length), dtype=np.int64)
+    for row, index in enumerate(rows):
+      ids[row, :len(windows[index])] = windows[index]
+      mask[row, :len(windows[index])] = 1
+    (batch_probs,) = session.run(["probs"], {"input_ids": ids, "attention_mask": mask})
+    probs[rows] = batch_probs
+    start = end
+  return probs
+
+
+class OnnxSafetyModelHandler(ModelHandler[Windows, np.ndarray, typing.Any]):
+  """Scores token windows with the exported safety classifier on ONNX Runtime.
+
+  Args:
+    model_path: the ONNX file (local or any path Beam's FileSystems knows); default: the
+      shipped int8 classifier, exported into the cache folder on first use.
+    device: "cpu" (default) or "cuda" (CUDA execution provider, CPU fallback).
+    intra_op_threads: ONNX Runtime threads per session (0: its default, one per core).
+    max_batch_tokens: padded tokens per ONNX Runtime call.
+    max_batch_size: documents per RunInference batch.
+  """
+
+  def __init__(self, model_path: str | None = None, device: str = "cpu",
+               intra_op_threads: int = 0, max_batch_tokens: int = 16384,
+               min_batch_size: int = 1, max_batch_size: int = 64):
+    super().__init__()
+    if device not in ("cpu", "cuda"):
+      raise ValueError(f"device must be cpu or cuda, got {device!r}")
+    self._model_path = model_path
+    self._device = device
+    self._intra_op_threads = intra_op_threads
+    self._max_batch_tokens = max_batch_tokens
+    self._batching = {"min_batch_size": min_batch_size, "max_batch_size": max_batch_size}
+
+  def _local_model_path(self) -> str:
+    if self._model_path is None:
+      from models.classifier.export import default_model_path
+      return default_model_path()
+    from apache_beam.io.filesystems import FileSystems
+    if FileSystems.get_scheme(self._model_path) in (None, "file"):
+      return self._model_path
+    import hashlib
+    import os
+    import tempfile
+    local = os.path.join(
+        tempfile.gettempdir(),
+        "safety-classifier-" + hashlib.sha256(self._model_path.encode()).hexdigest()[:16] + ".onnx")
+    if not os.path.exists(local):
+      with FileSystems.open(self._model_path, compression_type="uncompressed") as src:
+        data = src.read()
+      with open(local + ".tmp", "wb") as dst:
+        dst.write(data)
+      os.replace(local + ".tmp", local)
+    return local
+
+  def load_model(self):
+    return make_session(self._local_model_path(), self._device, self._intra_op_threads)
+
+  def run_inference(self, batch, model, inference_args=None):
+    flat, owners = [], []
+    for position, example in enumerate(batch):
+      windows = [example] if isinstance(example, np.ndarray) and example.ndim == 1 else example
+      for window in windows:
+        flat.append(np.asarray(window, dtype=np.int64))
+        owners.append(position)
+    probs = run_windows(model, flat, self._max_batch_tokens) if flat else np.zeros((0, 6))
+    per_example: list[list[np.ndarray]] = [[] for _ in batch]
+    for owner, row in zip(owners, probs):
+      per_example[owner].append(row)
+    results = []
+    for example, rows in zip(batch, per_example):
+      single = isinstance(example, np.ndarray) and example.ndim == 1
+      results.append(PredictionResult(example, rows[0] if single else np.stack(rows)))
+    return results
+
+  def get_num_bytes(self, batch) -> int:
+    return sum(
+        example.nbytes if isinstance(example, np.ndarray) else sum(w.nbytes for w in example)
+        for example in batch)
+
+  def get_metrics_namespace(self) -> str:
+    return "safety_classifier_onnx"
+
+  def batch_elements_kwargs(self):
+    return dict(self._batching)

@@ -1,0 +1,1 @@
+"""Generator backends (Beam ModelHandlers over chat prompts) and the prompts they are given."""

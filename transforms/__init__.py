@@ -1,0 +1,1 @@
+"""Beam PTransforms, one module per step of the Safety Pretraining method."""

@@ -1,0 +1,67 @@
+"""The dead-letter plumbing shared by every step.
+
+A step is a `RecordStep`: a DoFn whose subclass implements one method, `apply(record)`, that
+yields the records to pass on and raises `Reject(reason)` for a record it cannot use. The base
+class turns a rejection into a `DeadLetter` on the `DEAD_LETTER` tagged output and counts
+records in, out and rejected per stage and reason as Beam metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import typing
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+
+DEAD_LETTER = "dead_letter"
+METRICS_NAMESPACE = "safety_pretraining"
+
+
+class Reject(Exception):
+  """Raised by a step for a record it cannot use; `reason` is a short snake_case code."""
+
+  def __init__(self, reason: str, **detail):
+    super().__init__(reason)
+    self.reason = reason
+    self.detail = detail
+
+
+def dead_letter_for(
+    stage: str, record: typing.Any, reason: str, detail: dict | None = None) -> DeadLetter:
+  """A DeadLetter for a Document (or anything else, kept as its text form)."""
+  from transforms.documents import DeadLetter, Document  # documents.py builds on this module
+  if isinstance(record, Document):
+    return DeadLetter(
+        stage=stage, reason=reason, id=record.id, source=record.source, payload=record.text,
+        detail=json.dumps(detail or {}, sort_keys=True))
+  return DeadLetter(
+      stage=stage, reason=reason, payload=str(record),
+      detail=json.dumps(detail or {}, sort_keys=True))
+
+
+def count(stage: str, name: str, n: int = 1) -> None:
+  """Increments the counter `<stage>.<name>` in the pipeline's metrics namespace."""
+  Metrics.counter(METRICS_NAMESPACE, f"{stage}.{name}").inc(n)
+
+
+class RecordStep(beam.DoFn):
+  """Base for steps that map one record to zero or more, with rejections as dead letters."""
+
+  stage: str = ""
+
+  def apply(self, record) -> typing.Iterable:
+    raise NotImplementedError
+
+  def process(self, record):
+    count(self.stage, "in")
+    try:
+      outputs = list(self.apply(record))
+    except Reject as rejection:
+      count(self.stage, f"dead_letter.{rejection.reason}")
+      yield beam.pvalue.TaggedOutput(
+          DEAD_LETTER, dead_letter_for(self.stage, record, rejection.reason, rejection.detail))
+      return
+    count(self.stage, "out", len(outputs))
+    yield from outputs

@@ -1,0 +1,200 @@
+"""Rephrase, RefuseWeb and MoralEducation: prompt -> RunInference -> parse.
+
+The three steps share one implementation, `GenerateFrom`, parametrised by the prompt kind: build
+the chat prompt of each document, run it through `RunInference` with a generator ModelHandler
+keyed by the source document, turn each reply into a new `Document` and check it with a
+`RecordStep` whose rejections go to the `DEAD_LETTER` output.
+"""
+
+from __future__ import annotations
+
+import re
+import typing
+
+import apache_beam as beam
+from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult
+from apache_beam.ml.inference.base import RunInference
+
+from models.generators.prompts import KIND_MORAL_EDUCATION, KIND_REFUSEWEB, KIND_REPHRASE
+from models.generators.prompts import QUOTE_BEGIN, QUOTE_END
+from models.generators.prompts import build_prompt, pick_style, seeded_index
+from transforms.documents import STAGE_MORAL_EDUCATION, STAGE_REFUSEWEB, STAGE_REPHRASE
+from transforms.documents import DOCUMENTS, UNSCORED, Document
+from transforms.deadletter import DEAD_LETTER, RecordStep, Reject, count
+
+# The `stage` of the documents each step makes.
+OUTPUT_SAFEWEB = "safeweb"
+OUTPUT_REFUSEWEB = "refuseweb"
+OUTPUT_MORAL_EDUCATION = "moral_education"
+
+
+class _Branch(typing.NamedTuple):
+  stage: str  # dead letters and counters
+  output_stage: str  # the generated documents
+
+
+_BRANCHES = {
+    KIND_REPHRASE: _Branch(STAGE_REPHRASE, OUTPUT_SAFEWEB),
+    KIND_REFUSEWEB: _Branch(STAGE_REFUSEWEB, OUTPUT_REFUSEWEB),
+    KIND_MORAL_EDUCATION: _Branch(STAGE_MORAL_EDUCATION, OUTPUT_MORAL_EDUCATION),
+}
+
+# Speaker names of RefuseWeb dialogues, varied per document so a model does not learn to refuse
+# only as "Assistant".
+SPEAKER_PAIRS = (
+    ("User", "Assistant"),
+    ("Student", "Teacher"),
+    ("Visitor", "Guide"),
+    ("Customer", "Support agent"),
+    ("Learner", "Tutor"),
+    ("Reader", "Librarian"),
+)
+
+USER = "User"
+ASSISTANT = "Assistant"
+# Speaker labels a generator may use, by role (lowercase, inner spaces collapsed).
+_ROLE_OF_LABEL = {
+    **{name: USER for name in ("user", "human", "person", "customer", "student", "visitor")},
+    **{name: ASSISTANT for name in ("assistant", "ai", "ai assistant", "bot", "chatbot", "helper")},
+}
+# A turn opens a line: optional markdown decoration, a short label, a colon, the text.
+_TURN_LINE = re.compile(
+    r"^[\s>*_#-]*(?P<label>[A-Za-z][A-Za-z ]{0,19}?)[\s*_]*:[\s*_]*(?P<text>.*)$")
+
+
+def pick_speakers(doc_id: str, seed: int = 0) -> tuple[str, str]:
+  """The (user, assistant) names of a RefuseWeb dialogue, from a seeded hash of the source id."""
+  return SPEAKER_PAIRS[seeded_index(doc_id, seed, "speakers", len(SPEAKER_PAIRS))]
+
+
+def parse_dialogue(text: str) -> list[tuple[str, str]]:
+  """The (USER | ASSISTANT, text) turns of a generated dialogue.
+
+  Lines before the first recognised speaker label are dropped (a preamble such as "Here is the
+  dialogue:"); other lines continue the current turn. Empty turns are dropped.
+  """
+  turns: list[list[str]] = []
+  for line in text.splitlines():
+    match = _TURN_LINE.match(line)
+    label = " ".join(match.group("label").lower().split()) if match else ""
+    if label in _ROLE_OF_LABEL:
+      turns.append([_ROLE_OF_LABEL[label], match.group("text")])
+    elif turns:
+      turns[-1][1] += "\n" + line
+  return [(role, body.strip()) for role, body in turns if body.strip()]
+
+
+def render_dialogue(turns: typing.Sequence[tuple[str, str]], speakers: tuple[str, str]) -> str:
+  """The turns as `Name: text` paragraphs, with `speakers` as the (user, assistant) names."""
+  names = {USER: speakers[0], ASSISTANT: speakers[1]}
+  return "\n\n".join(f"{names[role]}: {body}" for role, body in turns)
+
+
+def _without_quote_markers(text: str) -> str:
+  lines = [line for line in text.splitlines() if QUOTE_BEGIN not in line and QUOTE_END not in line]
+  return "\n".join(lines).strip()
+
+
+class _BuildPrompt(beam.DoFn):
+  """(source document, chat prompt) pairs, counted as generation requests."""
+
+  def __init__(self, kind: str, seed: int):
+    super().__init__()
+    self._kind = kind
+    self._seed = seed
+
+  def process(self, document: Document):
+    count(_BRANCHES[self._kind].stage, "requests")
+    style = pick_style(document.id, self._seed) if self._kind == KIND_REPHRASE else None
+    yield document, build_prompt(self._kind, document.text, style)
+
+
+def _generated_document(
+    keyed_result: tuple[Document, PredictionResult], kind: str, seed: int) -> Document:
+  """The new document made from a generator reply (keyed by its source), not yet checked."""
+  parent, result = keyed_result
+  output_stage = _BRANCHES[kind].output_stage
+  return Document(
+      id=f"{parent.id}/{output_stage}",
+      text=str(result.inference or ""),
+      url=parent.url,
+      source=parent.source,
+      safety_score=UNSCORED,
+      safety_probs=[],
+      chunk_scores=[],
+      stage=output_stage,
+      style=pick_style(parent.id, seed) if kind == KIND_REPHRASE else "",
+      parent_id=parent.id)
+
+
+class ParseGeneration(RecordStep):
+  """Checks a generated document; RefuseWeb replies are also normalised into a dialogue.
+
+  Rejects `empty_generation` (nothing left after stripping) and, for RefuseWeb,
+  `not_a_dialogue` (no user turn or no assistant turn).
+  """
+
+  def __init__(self, kind: str, seed: int = 0):
+    super().__init__()
+    self.stage = _BRANCHES[kind].stage
+    self._kind = kind
+    self._seed = seed
+
+  def apply(self, record: Document):
+    text = _without_quote_markers(record.text)
+    if not text:
+      raise Reject("empty_generation", parent_id=record.parent_id)
+    if self._kind == KIND_REFUSEWEB:
+      turns = parse_dialogue(text)
+      roles = {role for role, _ in turns}
+      if roles != {USER, ASSISTANT}:
+        raise Reject("not_a_dialogue", parent_id=record.parent_id, turns=len(turns))
+      speakers = pick_speakers(record.parent_id, self._seed)
+      yield record._replace(text=render_dialogue(turns, speakers), style="/".join(speakers))
+      return
+    yield record._replace(text=text)
+
+
+class GenerateFrom(beam.PTransform):
+  """Generates one new document per input document with a generator ModelHandler.
+
+  `kind` is a prompt kind (`rephrase`, `refuseweb`, `moral_education`); `handler` takes a chat
+  prompt (a list of messages) and returns the reply text; `seed` fixes the rephrasing style and
+  the RefuseWeb speaker names. Outputs: `documents` (main) and `DEAD_LETTER`.
+  """
+
+  kind: str = ""
+
+  def __init__(
+      self, handler: ModelHandler, seed: int = 0, kind: str | None = None,
+      label: str | None = None):
+    super().__init__(label)
+    self.kind = kind or self.kind
+    if self.kind not in _BRANCHES:
+      raise ValueError(f"Unknown generation kind {self.kind!r}; expected one of {list(_BRANCHES)}.")
+    self._handler = handler
+    self._seed = seed
+
+  def expand(self, documents):
+    return (
+        documents
+        | "BuildPrompt" >> beam.ParDo(_BuildPrompt(self.kind, self._seed))
+        | "Generate" >> RunInference(KeyedModelHandler(self._handler))
+        | "ToDocument" >> beam.Map(_generated_document, kind=self.kind, seed=self._seed)
+        | "Parse" >> beam.ParDo(ParseGeneration(self.kind, self._seed)).with_outputs(
+            DEAD_LETTER, main=DOCUMENTS))
+
+
+class Rephrase(GenerateFrom):
+  """Scored documents (1-3) -> safe rewrites in a seeded style (stage `safeweb`)."""
+  kind = KIND_REPHRASE
+
+
+class RefuseWeb(GenerateFrom):
+  """Scored documents (4-5) -> refusal dialogues with seeded speaker names (stage `refuseweb`)."""
+  kind = KIND_REFUSEWEB
+
+
+class MoralEducation(GenerateFrom):
+  """RefuseWeb documents -> third-person ethics articles (stage `moral_education`)."""
+  kind = KIND_MORAL_EDUCATION

@@ -1,0 +1,156 @@
+"""The sinks: documents as gzip TFRecord files of `tf.train.Example`, dead letters as gzip JSONL.
+
+Both write the same way, so the files are byte-identical across runs and runners for the same
+input: each record goes to the shard given by a stable hash of its key, every shard index is
+written (an empty shard is an empty file), the records in a shard are sorted, and a shard is
+written under a temporary name in its folder and renamed when complete, so a failed run leaves
+no partial file under a final name. A shard is sorted in memory; choose `num_shards` so that one
+shard fits in a worker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import typing
+import uuid
+
+import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.tfrecordio import _TFRecordUtil
+
+from transforms import schema
+from transforms.deadletter import DEAD_LETTER, count
+from transforms.documents import DeadLetter, Document
+
+STAGE_WRITE = "write"
+
+
+class _ShardFormat(typing.NamedTuple):
+  """How one kind of record is sharded, sorted and framed in a shard file."""
+  suffix: str
+  # record -> (shard key, sort key, payload bytes); records sort by (sort key, payload).
+  encode: typing.Callable[[typing.Any], typing.Tuple[str, str, bytes]]
+  write_payload: typing.Callable[[typing.BinaryIO, bytes], None]
+
+
+def _encode_document(doc: Document) -> typing.Tuple[str, str, bytes]:
+  return doc.id, doc.id, schema.document_to_example_bytes(doc)
+
+
+def _encode_dead_letter(dead_letter: DeadLetter) -> typing.Tuple[str, str, bytes]:
+  # Keyed by the whole line: unreadable records have no id and would all land in one shard.
+  line = dead_letter.to_json()
+  return line, line, line.encode("utf-8")
+
+
+def _write_jsonl_line(file_handle: typing.BinaryIO, payload: bytes) -> None:
+  file_handle.write(payload + b"\n")
+
+
+TFRECORD_FORMAT = _ShardFormat(".tfrecord.gz", _encode_document, _TFRecordUtil.write_record)
+JSONL_FORMAT = _ShardFormat(".jsonl.gz", _encode_dead_letter, _write_jsonl_line)
+
+
+def shard_for(key: str, num_shards: int) -> int:
+  """The shard of a record key: a stable hash, the same in every process and on every runner."""
+  digest = hashlib.sha256(key.encode("utf-8")).digest()
+  return int.from_bytes(digest[:8], "big") % num_shards
+
+
+def shard_name(shard: int, num_shards: int, suffix: str) -> str:
+  return f"part-{shard:05d}-of-{num_shards:05d}{suffix}"
+
+
+class _WriteShardFile(beam.DoFn):
+  """Writes one shard's sorted records under a temporary name, then renames it into place."""
+
+  def __init__(self, directory: str, num_shards: int, shard_format: _ShardFormat, label: str):
+    self._directory = directory
+    self._num_shards = num_shards
+    self._format = shard_format
+    self._label = label
+
+  def process(self, shard_and_groups):
+    shard, groups = shard_and_groups
+    entries = sorted(groups["records"])
+    name = shard_name(shard, self._num_shards, self._format.suffix)
+    final_path = FileSystems.join(self._directory, name)
+    # Hidden and without the final suffix, so no `part-*` pattern reads a half-written shard.
+    temp_path = FileSystems.join(self._directory, f".{name}.{uuid.uuid4().hex}.tmp")
+    try:
+      with FileSystems.create(temp_path, compression_type=CompressionTypes.GZIP) as file_handle:
+        for _, payload in entries:
+          self._format.write_payload(file_handle, payload)
+      FileSystems.rename([temp_path], [final_path])
+    except Exception:
+      if FileSystems.exists(temp_path):
+        FileSystems.delete([temp_path])
+      raise
+    count(STAGE_WRITE, self._label, len(entries))
+    yield final_path
+
+
+class _WriteShards(beam.PTransform):
+  """Shards, sorts and writes records in `shard_format`; outputs the written file paths."""
+
+  def __init__(self, directory: str, num_shards: int, shard_format: _ShardFormat, label: str):
+    super().__init__()
+    if num_shards < 1:
+      raise ValueError(f"num_shards must be at least 1, got {num_shards}")
+    self._directory = directory
+    self._num_shards = num_shards
+    self._format = shard_format
+    self._label = label
+
+  def expand(self, records):
+    num_shards = self._num_shards
+    encode = self._format.encode
+
+    def key_by_shard(record):
+      shard_key, sort_key, payload = encode(record)
+      return shard_for(shard_key, num_shards), (sort_key, payload)
+
+    keyed = (
+        records
+        | "KeyByShard" >> beam.Map(key_by_shard).with_output_types(
+            typing.Tuple[int, typing.Tuple[str, bytes]]))
+    # Every shard index takes part in the grouping, so empty shards are written too.
+    shard_indices = (
+        records.pipeline
+        | "ShardIndices" >> beam.Create([(shard, shard) for shard in range(num_shards)]))
+    return (
+        {"records": keyed, "shard": shard_indices}
+        | "GroupByShard" >> beam.CoGroupByKey()
+        | "WriteShard" >> beam.ParDo(
+            _WriteShardFile(self._directory, num_shards, self._format, self._label)))
+
+
+class WriteDocuments(beam.PTransform):
+  """Writes one branch's Documents as `{output_dir}/{branch}/part-NNNNN-of-NNNNN.tfrecord.gz`.
+
+  Outputs the paths of the written files; counts records under `write.<branch>`.
+  """
+
+  def __init__(self, output_dir: str, branch: str, num_shards: int):
+    super().__init__()
+    self._write = _WriteShards(
+        FileSystems.join(output_dir, branch), num_shards, TFRECORD_FORMAT, label=branch)
+
+  def expand(self, documents):
+    return documents | self._write
+
+
+class WriteDeadLetters(beam.PTransform):
+  """Writes DeadLetters as JSONL lines in `{output_dir}/dead_letter/part-NNNNN-of-NNNNN.jsonl.gz`.
+
+  The JSONL reader reads them back. Outputs the written paths; counts under `write.dead_letter`.
+  """
+
+  def __init__(self, output_dir: str, num_shards: int):
+    super().__init__()
+    self._write = _WriteShards(
+        FileSystems.join(output_dir, DEAD_LETTER), num_shards, JSONL_FORMAT, label=DEAD_LETTER)
+
+  def expand(self, dead_letters):
+    return dead_letters | self._write
