@@ -116,9 +116,13 @@ def load_classifier(weights_file: str = WEIGHTS_FILE, config_file: str = CONFIG_
   return classifier
 
 
-def pad_batch(windows: typing.Sequence[typing.Sequence[int]], pad_id: int = 0):
-  """Right-pads token-id windows into (input_ids, attention_mask) int64 tensors."""
-  length = max(len(w) for w in windows)
+def pad_batch(windows: typing.Sequence[typing.Sequence[int]], pad_id: int = 0,
+              multiple: int = 1):
+  """Right-pads token-id windows into (input_ids, attention_mask) int64 tensors.
+
+  The length is rounded up to `multiple`: few distinct shapes let oneDNN reuse its kernels.
+  """
+  length = -(-max(len(w) for w in windows) // multiple) * multiple
   ids = torch.full((len(windows), length), pad_id, dtype=torch.long)
   mask = torch.zeros((len(windows), length), dtype=torch.long)
   for row, window in enumerate(windows):

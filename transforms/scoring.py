@@ -1,0 +1,83 @@
+"""ScoreSafety: windows of the encoder's length -> RunInference with the classifier -> max.
+
+Each document is tokenized into windows (`models.classifier.chunking.Windower`), the
+classifier's ModelHandler scores all windows of a batch of documents in one RunInference call,
+and the document gets the maximum score over its windows, its per-window scores, and the 6
+probabilities of the window that decided it. A batch that fails inference goes to dead letter.
+"""
+
+from __future__ import annotations
+
+import apache_beam as beam
+from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+
+from models.classifier.chunking import DEFAULT_OVERLAP, DEFAULT_WINDOW, Windower, document_score
+from transforms.deadletter import DEAD_LETTER, count, dead_letter_for
+from transforms.documents import STAGE_SCORE, Document
+
+
+class _ToWindows(beam.DoFn):
+  """Document -> (document, its token windows); the tokenizer loads once per worker."""
+
+  def __init__(self, window: int, overlap: int):
+    self._window = window
+    self._overlap = overlap
+    self._windower = None
+
+  def setup(self):
+    self._windower = Windower(self._window, self._overlap)
+
+  def process(self, document: Document):
+    windows = self._windower.split_ids(self._windower.content_ids([document.text])[0])
+    count(STAGE_SCORE, "windows", len(windows))
+    yield document, windows
+
+
+def _apply_scores(keyed_result) -> Document:
+  document, result = keyed_result
+  score, probs, window_scores = document_score(result.inference)
+  count(STAGE_SCORE, f"score_{score}")
+  return document._replace(safety_score=score, safety_probs=probs, chunk_scores=window_scores)
+
+
+def _failed_batch_to_dead_letters(failure, stage: str):
+  batch, exception = failure
+  for document, _ in batch:
+    count(stage, "dead_letter.inference_error")
+    yield dead_letter_for(stage, document, "inference_error",
+                          {"error": f"{type(exception).__name__}: {exception}"[:500]})
+
+
+class ScoreSafety(beam.PTransform):
+  """Scores each Document 0-5 with the safety classifier (max over windows).
+
+  Args:
+    model_handler: a ModelHandler from token windows to window probabilities, by default
+      `models.classifier.handler.OnnxSafetyModelHandler`.
+    window / overlap: the window length and overlap in tokens.
+    stage: the stage named in dead letters of failed batches.
+
+  Returns a dict: "documents" (scored Documents) and DEAD_LETTER (DeadLetters).
+  """
+
+  def __init__(self, model_handler, window: int = DEFAULT_WINDOW,
+               overlap: int = DEFAULT_OVERLAP, stage: str = STAGE_SCORE):
+    super().__init__()
+    self._stage = stage
+    self._model_handler = model_handler
+    self._window = window
+    self._overlap = overlap
+
+  def expand(self, documents):
+    inference = (
+        documents
+        | "Windows" >> beam.ParDo(_ToWindows(self._window, self._overlap))
+        | "Classify" >> RunInference(KeyedModelHandler(self._model_handler))
+        .with_exception_handling())
+    scored, failures = inference
+    return {
+        "documents": scored | "MaxOverWindows" >> beam.Map(_apply_scores).with_output_types(
+            Document),
+        DEAD_LETTER: failures.failed_inferences | "FailedBatches" >> beam.FlatMap(
+            _failed_batch_to_dead_letters, self._stage),
+    }
