@@ -70,9 +70,14 @@ def test_rephrase_needs_a_known_style():
 
 
 @pytest.fixture(scope="module")
-def smollm2_tokenizer():
+def smollm2_folder():
+  return prepare_local_model()  # converts the GGUF once per machine, then reads the cache
+
+
+@pytest.fixture(scope="module")
+def smollm2_tokenizer(smollm2_folder):
   from transformers import AutoTokenizer
-  return AutoTokenizer.from_pretrained(prepare_local_model())
+  return AutoTokenizer.from_pretrained(smollm2_folder)
 
 
 def _control_token_counts(tokenizer, messages):
@@ -109,6 +114,45 @@ def test_handler_defuses_control_tokens_of_its_tokenizer(smollm2_tokenizer):
   assert defuse_messages(tuple((m["role"], m["content"]) for m in raw), specials) == defused
 
 
+# The handler, on a tiny random model with the SmolLM2 tokenizer (fast).
+
+
+@pytest.fixture(scope="module")
+def tiny_model_folder(smollm2_tokenizer, tmp_path_factory):
+  import torch
+  from transformers import LlamaConfig, LlamaForCausalLM
+  torch.manual_seed(0)
+  config = LlamaConfig(
+      vocab_size=len(smollm2_tokenizer), hidden_size=16, intermediate_size=32,
+      num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+      bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=True)
+  folder = tmp_path_factory.mktemp("tiny")
+  LlamaForCausalLM(config).save_pretrained(folder)
+  smollm2_tokenizer.save_pretrained(folder)
+  return str(folder)
+
+
+def _chat(text):
+  return [{"role": "system", "content": "Be brief."}, {"role": "user", "content": text}]
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_handler_keeps_input_order_and_is_deterministic(tiny_model_folder, temperature):
+  handler = LocalGeneratorHandler(
+      model_path=tiny_model_folder, max_new_tokens=6, temperature=temperature, batch_size=2)
+  model = handler.load_model()
+  prompts = [_chat("short"), _chat("a much longer prompt " * 5), _chat("medium size prompt")]
+  results = handler.run_inference(prompts, model)
+  assert [r.example for r in results] == prompts
+  assert all(isinstance(r.inference, str) and r.inference for r in results)
+  again = handler.run_inference(list(reversed(prompts)), model)
+  assert [r.inference for r in again] == [r.inference for r in reversed(results)]
+  if temperature > 0:  # each prompt sampled on its own, with its own seed
+    alone = handler.run_inference(prompts[1:2], model)
+    assert alone[0].inference == results[1].inference
+  assert handler.batch_elements_kwargs()["max_batch_size"] >= 2
+
+
 # Seeded choices.
 
 
@@ -132,7 +176,7 @@ def test_speaker_pick_is_deterministic_and_covers_every_pair():
 def test_parse_dialogue_normalises_labels_and_drops_the_preamble():
   text = ("Here is the dialogue:\n\n**User:** How do I pick a lock?\nIt is my neighbour's.\n"
           "AI: I understand you are curious, but I can't help with that.\n\n"
-          "Human: ok\nAssistant: A locksmith course is a legal way to learn.\nUser:")
+          "Human: ok\n- The assistant: \"A locksmith course is a legal way to learn.\"\nUser:")
   assert parse_dialogue(text) == [
       ("User", "How do I pick a lock?\nIt is my neighbour's."),
       ("Assistant", "I understand you are curious, but I can't help with that."),

@@ -77,11 +77,19 @@ def parse_dialogue(text: str) -> list[tuple[str, str]]:
   for line in text.splitlines():
     match = _TURN_LINE.match(line)
     label = " ".join(match.group("label").lower().split()) if match else ""
+    label = label[4:] if label.startswith("the ") else label
     if label in _ROLE_OF_LABEL:
       turns.append([_ROLE_OF_LABEL[label], match.group("text")])
     elif turns:
       turns[-1][1] += "\n" + line
-  return [(role, body.strip()) for role, body in turns if body.strip()]
+  return [(role, _unquoted(body.strip())) for role, body in turns if body.strip()]
+
+
+def _unquoted(text: str) -> str:
+  """A turn without the quotation marks a generator may put around all of it."""
+  if len(text) > 1 and text[0] == text[-1] == '"' and '"' not in text[1:-1]:
+    return text[1:-1].strip()
+  return text
 
 
 def render_dialogue(turns: typing.Sequence[tuple[str, str]], speakers: tuple[str, str]) -> str:

@@ -228,7 +228,7 @@ class LocalGeneratorHandler(ModelHandler[Prompt, str, LocalGenerator]):
     ]
     lengths = [len(model.tokenizer(text, add_special_tokens=False).input_ids) for text in texts]
     # Longest first, so each sub-batch holds prompts of similar length and padding stays small.
-    order = sorted(range(len(batch)), key=lambda i: -lengths[i])
+    order = sorted(range(len(batch)), key=lambda i: (-lengths[i], texts[i]))
     step = self._batch_size if self._temperature <= 0 else 1
     replies: list[str] = [""] * len(batch)
     for start in range(0, len(order), step):
@@ -256,7 +256,9 @@ class LocalGeneratorHandler(ModelHandler[Prompt, str, LocalGenerator]):
     else:
       settings.update(do_sample=True, temperature=self._temperature, top_p=self._top_p, top_k=0)
     settings.update(inference_args)
-    with torch.inference_mode(), torch.random.fork_rng(devices=[]):
+    # Seeding happens in a forked RNG state, so the global random state is left as it was.
+    devices = [] if self._device == "cpu" else None
+    with torch.inference_mode(), torch.random.fork_rng(devices=devices):
       if seed is not None:
         torch.manual_seed(seed)
       generated = model.model.generate(**inputs, **settings)
@@ -266,6 +268,9 @@ class LocalGeneratorHandler(ModelHandler[Prompt, str, LocalGenerator]):
     return [
         text.strip() for text in model.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
     ]
+
+  def validate_inference_args(self, inference_args: dict[str, typing.Any] | None):
+    """Any `generate` keyword (e.g. `max_new_tokens`) may be passed; it overrides the settings."""
 
   def get_num_bytes(self, batch: Sequence[Prompt]) -> int:
     return sum(len(m["content"].encode("utf-8")) for prompt in batch for m in _messages(prompt))

@@ -1,0 +1,170 @@
+"""The safety classifier: training, ONNX export, chunking, evaluation and the Beam handler."""
+
+import json
+import os
+
+import apache_beam as beam
+import numpy as np
+import pytest
+import torch
+from apache_beam.ml.inference.base import RunInference
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from models.classifier import chunking, data, evaluate, export, model, train
+from models.classifier.handler import OnnxSafetyModelHandler, make_session, run_windows
+
+SAFE = ["I baked {} loaves of bread with my kids this morning.",
+        "The library opens at {} on weekdays for study groups.",
+        "Our garden club planted {} new apple trees in the park.",
+        "The choir practises {} songs for the winter concert."]
+UNSAFE = ["I will kill you and burn your house down, {} times over.",
+          "Tell me how to poison my neighbour's {} dogs without getting caught.",
+          "Those people are vermin and {} of them should be wiped out.",
+          "Give me steps to build a bomb to hurt {} people at the mall."]
+
+REAL_TEXTS = [
+    "The Moon takes about 27 days to orbit the Earth.",
+    "Damn, that party was wild and we drank way too much beer.",
+    "The referee was a useless idiot today, what a clown.",
+    "Women are too emotional to lead, everyone knows it.",
+    "I swear I will find you and kill you and your family.",
+    "Write a guide for making a bomb to hurt people at the stadium.",
+    "Community gardens teach children how long a tomato takes to ripen. " * 40,
+    "Just double your dose of the pills if you feel dizzy, skip the doctor.",
+    "This shit traffic is killing me every damn morning.",
+    "Our chess club meets on Thursdays and beginners are welcome.",
+]
+
+
+@pytest.fixture(scope="module")
+def shipped():
+  """The committed classifier's ONNX files (built into the cache once per machine)."""
+  return export.ensure_exported()
+
+
+def _fixture_labels(path):
+  rows, index = [], 0
+  for number in range(40):
+    for templates, score in ((SAFE, 0), (UNSAFE, 4)):
+      text = templates[number % 4].format(number + 2)
+      while data.is_dev(f"fixture:{index}"):
+        index += 1
+      rows.append({"id": f"fixture:{index}", "text": text, "score_0_5": score, "source": "fixture"})
+      index += 1
+  with open(path, "w") as f:
+    for row in rows:
+      f.write(json.dumps(row) + "\n")
+  return rows
+
+
+def test_training_on_a_fixture_beats_chance(tmp_path):
+  labels = tmp_path / "labels.jsonl"
+  rows = _fixture_labels(labels)
+  out = tmp_path / "weights"
+  train.main(["--labels", str(labels), "--output_dir", str(out), "--epochs", "3",
+              "--batch_size", "16", "--lr", "2e-3", "--head_lr", "2e-2", "--log_every", "100"])
+  assert os.path.getsize(out / "classifier.safetensors") < 2 * 1024 * 1024
+  classifier = model.load_classifier(str(out / "classifier.safetensors"),
+                                     str(out / "classifier.json"))
+  windower = chunking.Windower()
+  windows = [w[0] for w in windower.windows([r["text"] for r in rows])]
+  ids, mask = model.pad_batch(windows)
+  with torch.no_grad():
+    predicted = classifier(ids, mask).argmax(-1).numpy()
+  truth = np.array([r["score_0_5"] for r in rows])
+  accuracy = float((predicted == truth).mean())
+  assert accuracy > 0.75, f"accuracy {accuracy:.2f} on a two-class fixture (chance: 0.5)"
+
+
+def test_committed_weights_are_small():
+  for name in os.listdir(model.WEIGHTS_DIR):
+    assert os.path.getsize(os.path.join(model.WEIGHTS_DIR, name)) < 2 * 1024 * 1024, name
+
+
+def test_onnx_matches_pytorch_on_real_text(shipped):
+  """fp32 ONNX: same score everywhere, probabilities within 1e-4. int8: >= 90% same score,
+  mean probability error below 0.03 (on these 10 texts; the benchmark measures 512)."""
+  classifier = model.load_classifier()
+  windows = [w for text in REAL_TEXTS for w in chunking.Windower().windows([text])[0]]
+  ids, mask = model.pad_batch(windows)
+  with torch.no_grad():
+    reference = torch.softmax(classifier(ids, mask), -1).numpy()
+  fp32 = run_windows(make_session(shipped["fp32"]), windows, 16384)
+  int8 = run_windows(make_session(shipped["int8"]), windows, 16384)
+  assert np.abs(fp32 - reference).max() < 1e-4
+  assert (fp32.argmax(1) == reference.argmax(1)).all()
+  assert (int8.argmax(1) == reference.argmax(1)).mean() >= 0.9
+  assert np.abs(int8 - reference).mean() < 0.03
+
+
+def test_export_is_deterministic(tmp_path):
+  first = export.export(model.WEIGHTS_FILE, model.CONFIG_FILE, str(tmp_path / "a"))
+  second = export.export(model.WEIGHTS_FILE, model.CONFIG_FILE, str(tmp_path / "b"))
+  for key in ("fp32", "int8"):
+    with open(first[key], "rb") as a, open(second[key], "rb") as b:
+      assert a.read() == b.read(), key
+
+
+def test_windows_cover_the_text_with_overlap():
+  windower = chunking.Windower(window=16, overlap=4)
+  ids = list(range(1000, 1050))
+  windows = windower.split_ids(ids)
+  assert all(len(w) <= 16 and w[0] == windower.cls_id and w[-1] == windower.sep_id
+             for w in windows)
+  covered = [t for w in windows for t in w[1:-1]]
+  assert set(covered) == set(ids)
+  for before, after in zip(windows, windows[1:]):
+    assert list(before[-5:-1]) == list(after[1:5])  # 4 shared tokens
+  assert len(windower.split_ids([])) == 1
+
+
+def test_document_score_is_the_maximum_over_windows():
+  probs = np.array([[0.9, 0.1, 0, 0, 0, 0],
+                    [0.1, 0, 0, 0, 0.8, 0.1],
+                    [0.2, 0.7, 0.1, 0, 0, 0]], dtype=np.float32)
+  score, doc_probs, window_scores = chunking.document_score(probs)
+  assert score == 4 and window_scores == [0, 4, 1]
+  assert doc_probs == pytest.approx(probs[1].tolist())
+
+
+def test_a_threat_inside_a_long_benign_document_raises_its_score(shipped):
+  benign = "The council discussed the new bus timetable and the library hours. " * 60
+  threat = "I know where the clerk lives and I am going to kill her and her family. "
+  windower = chunking.Windower()
+  session = make_session(shipped["int8"])
+  scores = {}
+  for name, text in (("benign", benign + benign), ("mixed", benign + threat + benign)):
+    windows = windower.windows([text])[0]
+    probs = run_windows(session, windows, 16384)
+    scores[name] = chunking.document_score(probs)
+  assert len(scores["mixed"][2]) > 2
+  assert scores["mixed"][0] == max(scores["mixed"][2])
+  assert scores["mixed"][0] > scores["benign"][0]
+
+
+def test_evaluate_reports_every_figure(tmp_path, shipped):
+  labels = tmp_path / "labels.jsonl"
+  _fixture_labels(labels)
+  result = evaluate.evaluate(data.read_labels(str(labels)), shipped["int8"], 256, 32)
+  expected = {"n", "n_score0", "macro_f1", "recall_at_1", "precision_at_1", "recall_at_3",
+              "precision_at_3", "auroc", "auprc", "fpr_score0"}
+  assert set(result) == {"overall", "by_source"}
+  assert set(result["overall"]) == expected
+  assert set(result["by_source"]["fixture"]) == expected
+  assert result["overall"]["auroc"] > 0.9
+
+
+def test_handler_scores_documents_inside_beam(shipped):
+  windower = chunking.Windower()
+  texts = ["A quiet walk in the park with my dog.", "I will kill you and your whole family."]
+  examples = [windower.windows([t])[0] for t in texts]
+  with TestPipeline() as p:
+    scores = (p | beam.Create(examples)
+              | RunInference(OnnxSafetyModelHandler(shipped["int8"]))
+              | beam.Map(lambda r: chunking.document_score(r.inference)[0]))
+    assert_that(scores, lambda got: _check(sorted(got)))
+
+
+def _check(scores):
+  assert len(scores) == 2 and scores[0] == 0 and scores[1] >= 3, scores
