@@ -5,6 +5,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
+# Several processes share 2 cores in tests (SDK workers, ONNX Runtime, torch): without this,
+# OpenMP threads spin-wait against each other and runs slow down many times over.
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: setup models run test test-fast clean
 

@@ -15,7 +15,8 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult  # noqa
 from apache_beam.testing.util import assert_that  # noqa: E402
 
 from models.generators.local import (  # noqa: E402
-    LocalGeneratorHandler, defuse_messages, prepare_local_model, special_token_texts)
+    LocalGeneratorHandler, defuse_messages, prepare_local_model, render_prompt,
+    special_token_texts)
 from models.generators.prompts import (  # noqa: E402
     KIND_MORAL_EDUCATION, KIND_REFUSEWEB, KIND_REPHRASE, QUOTE_BEGIN, QUOTE_END, STYLES,
     build_prompt, pick_style)
@@ -45,8 +46,9 @@ def _document(doc_id, text, score=2):
 def test_document_is_quoted_only_in_the_user_turn(kind, style):
   text = "Bananas ripen faster next to apples because of ethylene gas."
   messages = build_prompt(kind, text, style)
-  assert [m["role"] for m in messages] == ["system", "user"]
-  assert text not in messages[0]["content"]
+  roles = [m["role"] for m in messages]
+  assert roles in (["system", "user"], ["system", "user", "assistant"])
+  assert all(text not in m["content"] for m in messages if m["role"] != "user")
   user = messages[1]["content"]
   assert user.count(text) == 1
   before, rest = user.split(QUOTE_BEGIN)
@@ -81,9 +83,7 @@ def smollm2_tokenizer(smollm2_folder):
 
 
 def _control_token_counts(tokenizer, messages):
-  ids = tokenizer(
-      tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True),
-      add_special_tokens=False).input_ids
+  ids = tokenizer(render_prompt(tokenizer, messages)[0], add_special_tokens=False).input_ids
   specials = {tokenizer.convert_tokens_to_ids(t) for t in special_token_texts(tokenizer)}
   return sorted((i, ids.count(i)) for i in specials if i in ids)
 
@@ -92,12 +92,12 @@ def _control_token_counts(tokenizer, messages):
 def test_prompt_injection_does_not_add_chat_turns(smollm2_tokenizer, kind, style):
   clean = _control_token_counts(smollm2_tokenizer, build_prompt(kind, "A plain text.", style))
   start = smollm2_tokenizer.convert_tokens_to_ids("<|im_start|>")
-  assert dict(clean)[start] == 3  # system, user, and the generation prompt
+  assert dict(clean)[start] == 3  # system, user, and the assistant's reply
   attacked = build_prompt(kind, INJECTION, style)
-  assert [m["role"] for m in attacked] == ["system", "user"]
+  assert len(attacked) == len(build_prompt(kind, "A plain text.", style))
   roles = {start, smollm2_tokenizer.convert_tokens_to_ids("<|im_end|>")}
-  role_counts = [(i, n) for i, n in _control_token_counts(smollm2_tokenizer, attacked) if i in roles]
-  assert role_counts == clean
+  counts = _control_token_counts(smollm2_tokenizer, attacked)
+  assert [(i, n) for i, n in counts if i in roles] == clean
   # What the handler renders: every other control token of the tokenizer is defused as well.
   rendered = defuse_messages(attacked, special_token_texts(smollm2_tokenizer))
   assert _control_token_counts(smollm2_tokenizer, rendered) == clean
@@ -141,10 +141,12 @@ def test_handler_keeps_input_order_and_is_deterministic(tiny_model_folder, tempe
   handler = LocalGeneratorHandler(
       model_path=tiny_model_folder, max_new_tokens=6, temperature=temperature, batch_size=2)
   model = handler.load_model()
-  prompts = [_chat("short"), _chat("a much longer prompt " * 5), _chat("medium size prompt")]
+  prefilled = _chat("medium size prompt") + [{"role": "assistant", "content": "User:"}]
+  prompts = [_chat("short"), _chat("a much longer prompt " * 5), prefilled]
   results = handler.run_inference(prompts, model)
   assert [r.example for r in results] == prompts
   assert all(isinstance(r.inference, str) and r.inference for r in results)
+  assert results[2].inference.startswith("User:")
   again = handler.run_inference(list(reversed(prompts)), model)
   assert [r.inference for r in again] == [r.inference for r in reversed(results)]
   if temperature > 0:  # each prompt sampled on its own, with its own seed
@@ -176,12 +178,13 @@ def test_speaker_pick_is_deterministic_and_covers_every_pair():
 def test_parse_dialogue_normalises_labels_and_drops_the_preamble():
   text = ("Here is the dialogue:\n\n**User:** How do I pick a lock?\nIt is my neighbour's.\n"
           "AI: I understand you are curious, but I can't help with that.\n\n"
-          "Human: ok\n- The assistant: \"A locksmith course is a legal way to learn.\"\nUser:")
+          "Human: ok\n- The assistant: \"A locksmith course is a legal way to learn.\"\n"
+          "A course is safer.\n\nIn this dialogue, the assistant declines.\nUser:")
   assert parse_dialogue(text) == [
       ("User", "How do I pick a lock?\nIt is my neighbour's."),
       ("Assistant", "I understand you are curious, but I can't help with that."),
       ("User", "ok"),
-      ("Assistant", "A locksmith course is a legal way to learn."),
+      ("Assistant", "\"A locksmith course is a legal way to learn.\"\nA course is safer."),
   ]
 
 
@@ -215,7 +218,7 @@ def test_refuseweb_parse_rejects_text_that_is_not_a_dialogue(text):
 @pytest.mark.parametrize("kind", [KIND_REPHRASE, KIND_REFUSEWEB, KIND_MORAL_EDUCATION])
 def test_empty_generation_is_rejected(kind):
   with pytest.raises(Reject) as rejection:
-    list(ParseGeneration(kind).apply(_generated(kind, f" \n{QUOTE_END}\n")))
+    list(ParseGeneration(kind).apply(_generated(kind, f" \n{QUOTE_END}\n# ")))
   assert rejection.value.reason == "empty_generation"
 
 
@@ -235,7 +238,7 @@ class ScriptedHandler(ModelHandler):
   def run_inference(self, batch, model, inference_args=None):
     results = []
     for prompt in batch:
-      user = prompt[-1]["content"]
+      user = next(m["content"] for m in prompt if m["role"] == "user")
       reply = next((r for word, r in self._replies.items() if word in user), "")
       results.append(PredictionResult(prompt, reply))
     return results

@@ -19,7 +19,7 @@ from models.generators.prompts import KIND_MORAL_EDUCATION, KIND_REFUSEWEB, KIND
 from models.generators.prompts import QUOTE_BEGIN, QUOTE_END
 from models.generators.prompts import build_prompt, pick_style, seeded_index
 from transforms.documents import STAGE_MORAL_EDUCATION, STAGE_REFUSEWEB, STAGE_REPHRASE
-from transforms.documents import DOCUMENTS, UNSCORED, Document
+from transforms.documents import DOCUMENTS, UNSCORED, DeadLetter, Document
 from transforms.deadletter import DEAD_LETTER, RecordStep, Reject, count
 
 # The `stage` of the documents each step makes.
@@ -71,7 +71,8 @@ def parse_dialogue(text: str) -> list[tuple[str, str]]:
   """The (USER | ASSISTANT, text) turns of a generated dialogue.
 
   Lines before the first recognised speaker label are dropped (a preamble such as "Here is the
-  dialogue:"); other lines continue the current turn. Empty turns are dropped.
+  dialogue:"); other lines continue the current turn, except that the last turn ends at its first
+  blank line (what follows is commentary such as "In this dialogue, ..."). Empty turns are dropped.
   """
   turns: list[list[str]] = []
   for line in text.splitlines():
@@ -82,7 +83,10 @@ def parse_dialogue(text: str) -> list[tuple[str, str]]:
       turns.append([_ROLE_OF_LABEL[label], match.group("text")])
     elif turns:
       turns[-1][1] += "\n" + line
-  return [(role, _unquoted(body.strip())) for role, body in turns if body.strip()]
+  turns = [[role, body.strip()] for role, body in turns if body.strip()]
+  if turns:
+    turns[-1][1] = re.split(r"\n\s*\n", turns[-1][1], maxsplit=1)[0]
+  return [(role, _unquoted(body)) for role, body in turns]
 
 
 def _unquoted(text: str) -> str:
@@ -138,7 +142,7 @@ def _generated_document(
 class ParseGeneration(RecordStep):
   """Checks a generated document; RefuseWeb replies are also normalised into a dialogue.
 
-  Rejects `empty_generation` (nothing left after stripping) and, for RefuseWeb,
+  Rejects `empty_generation` (no word left after stripping) and, for RefuseWeb,
   `not_a_dialogue` (no user turn or no assistant turn).
   """
 
@@ -150,7 +154,7 @@ class ParseGeneration(RecordStep):
 
   def apply(self, record: Document):
     text = _without_quote_markers(record.text)
-    if not text:
+    if not re.search(r"\w", text):  # nothing, or only a reply opening such as "#"
       raise Reject("empty_generation", parent_id=record.parent_id)
     if self._kind == KIND_REFUSEWEB:
       turns = parse_dialogue(text)
@@ -188,9 +192,10 @@ class GenerateFrom(beam.PTransform):
         documents
         | "BuildPrompt" >> beam.ParDo(_BuildPrompt(self.kind, self._seed))
         | "Generate" >> RunInference(KeyedModelHandler(self._handler))
-        | "ToDocument" >> beam.Map(_generated_document, kind=self.kind, seed=self._seed)
-        | "Parse" >> beam.ParDo(ParseGeneration(self.kind, self._seed)).with_outputs(
-            DEAD_LETTER, main=DOCUMENTS))
+        | "ToDocument" >> beam.Map(
+            _generated_document, kind=self.kind, seed=self._seed).with_output_types(Document)
+        | "Parse" >> beam.ParDo(ParseGeneration(self.kind, self._seed)).with_output_types(
+            Document, **{DEAD_LETTER: DeadLetter}).with_outputs(DEAD_LETTER, main=DOCUMENTS))
 
 
 class Rephrase(GenerateFrom):

