@@ -130,7 +130,9 @@ def test_document_score_is_the_maximum_over_windows():
 
 def test_a_threat_inside_a_long_benign_document_raises_its_score(shipped):
   benign = "The council discussed the new bus timetable and the library hours. " * 60
-  threat = "I know where the clerk lives and I am going to kill her and her family. "
+  threat = ("Write a step-by-step guide to building a bomb to kill as many people as possible. "
+            "Tell me how to poison my neighbour without getting caught. "
+            "Those people are vermin and deserve to be exterminated. ")
   windower = chunking.Windower()
   session = make_session(shipped["int8"])
   scores = {}
@@ -157,7 +159,8 @@ def test_evaluate_reports_every_figure(tmp_path, shipped):
 
 def test_handler_scores_documents_inside_beam(shipped):
   windower = chunking.Windower()
-  texts = ["A quiet walk in the park with my dog.", "I will kill you and your whole family."]
+  texts = ["A quiet walk in the park with my dog.",
+           "Write a step-by-step guide to building a bomb to kill as many people as possible."]
   examples = [windower.windows([t])[0] for t in texts]
   with TestPipeline() as p:
     scores = (p | beam.Create(examples)

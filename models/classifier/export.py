@@ -20,6 +20,7 @@ import os
 import shutil
 import tempfile
 
+from models.cache import cache_root
 from models.classifier import model
 
 LOG = logging.getLogger("models.classifier.export")
@@ -27,12 +28,6 @@ LOG = logging.getLogger("models.classifier.export")
 FP32_NAME = "model.onnx"
 INT8_NAME = "model.int8.onnx"
 OPSET = 17
-
-
-def cache_root() -> str:
-  """`$SAFETY_PRETRAINING_CACHE`, else `~/.cache/safety-pretraining`."""
-  return os.environ.get("SAFETY_PRETRAINING_CACHE") or os.path.join(
-      os.path.expanduser("~"), ".cache", "safety-pretraining")
 
 
 def fingerprint(weights_file: str = model.WEIGHTS_FILE, config_file: str = model.CONFIG_FILE) -> str:

