@@ -1,6 +1,7 @@
 """Measures the safety classifier on labelled JSONL.
 
-    python -m models.classifier.evaluate --labels FILE.jsonl [--model PATH] [--split dev] [--json]
+    python -m models.classifier.evaluate --labels FILE.jsonl [--model PATH] [--split dev]
+        [--sources a,b] [--json]
 
 Reads any JSONL with `text` and `score_0_5` (optional `source`, `id`), scores every text as the
 pipeline does (windows, maximum over windows) and prints, overall and per source:
@@ -108,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="ONNX file (default: the shipped int8 classifier)")
   parser.add_argument("--split", choices=["all", "dev", "train"], default="all",
                       help="rows to use: all, or the dev/train split by the stable id hash")
+  parser.add_argument("--sources", default="",
+                      help="comma-separated sources to keep (default: every row), e.g. "
+                           "movie_reviews,brown_corpus,state_union for the long benign texts")
   parser.add_argument("--window", type=int, default=chunking.DEFAULT_WINDOW,
                       help="window length in tokens")
   parser.add_argument("--overlap", type=int, default=chunking.DEFAULT_OVERLAP,
@@ -122,6 +126,11 @@ def main(argv=None):
   if args.split != "all":
     train, dev = data.split(examples)
     examples = dev if args.split == "dev" else train
+  if args.sources:
+    keep = {source.strip() for source in args.sources.split(",") if source.strip()}
+    examples = [e for e in examples if e.source in keep]
+    if not examples:
+      raise SystemExit(f"no rows of the sources {sorted(keep)} in {args.labels}")
   model_path = args.model
   if model_path is None:
     from models.classifier.export import default_model_path
