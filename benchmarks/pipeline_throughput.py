@@ -33,7 +33,7 @@ def bare_session(texts, model_path: str, batch_docs: int = 64) -> float:
   windower = chunking.Windower()
   for start in range(0, len(texts), batch_docs):
     per_text = windower.windows(texts[start:start + batch_docs])
-    probs = run_windows(session, [w for ws in per_text for w in ws], 16384)
+    probs = run_windows(session, [w for ws in per_text for w in ws])
     offset = 0
     for windows in per_text:
       chunking.document_score(probs[offset:offset + len(windows)])

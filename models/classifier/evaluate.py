@@ -29,7 +29,7 @@ from models.classifier.handler import make_session, run_windows
 
 
 def score_texts(texts, model_path: str, window: int, overlap: int, batch_texts: int = 256,
-                max_batch_tokens: int = 16384):
+                max_batch_tokens: int = 0):
   """(predicted scores, P(score >= 3) of the most unsafe window) for each text."""
   session = make_session(model_path)
   windower = chunking.Windower(window, overlap)

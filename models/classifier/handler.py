@@ -3,9 +3,15 @@
 An example is one document's token windows (a list of int64 arrays from
 `chunking.Windower`), or a single window; the inference is the windows' score probabilities,
 shape (windows, 6), or (6,) for a single window. Unlike Beam's `OnnxModelHandlerNumpy` this
-handler feeds both graph inputs (`input_ids`, `attention_mask`). Within a batch, the windows of
-all documents are sorted by length and run in sub-batches of similar length under a token
-budget, so padding stays small.
+handler feeds both graph inputs (`input_ids`, `attention_mask`).
+
+By default each window is its own ONNX Runtime call. The int8 graph quantizes activations with
+ranges computed over the whole input tensor, so in a padded multi-window batch a window's
+probabilities would depend on its neighbours, and a runner that batches differently would write
+different bytes; one window per call is deterministic, and on CPU it is also faster (a window
+already gives the matrix products up to 256 rows; see benchmarks/classifier_throughput.py).
+With `max_batch_tokens > 0` (for GPUs), the windows of a batch are sorted by length and run in
+padded sub-batches of similar length under that token budget.
 """
 
 from __future__ import annotations
@@ -31,15 +37,17 @@ def make_session(model_path: str, device: str = "cpu", intra_op_threads: int = 0
   return ort.InferenceSession(model_path, sess_options=options, providers=providers)
 
 
-def run_windows(session, windows: typing.Sequence[np.ndarray], max_batch_tokens: int) -> np.ndarray:
-  """Probabilities (len(windows), 6) for token windows, in length-sorted padded sub-batches."""
+def run_windows(session, windows: typing.Sequence[np.ndarray], max_batch_tokens: int = 0) -> np.ndarray:
+  """Probabilities (len(windows), 6) for token windows: one call per window when
+  `max_batch_tokens` is 0, else length-sorted padded sub-batches under that token budget."""
   probs = np.zeros((len(windows), 6), dtype=np.float32)
   order = sorted(range(len(windows)), key=lambda i: len(windows[i]))
   start = 0
   while start < len(order):
     end = start + 1
     # windows are sorted by length, so the batch's padded size is count * the last one's length
-    while end < len(order) and (end + 1 - start) * len(windows[order[end]]) <= max_batch_tokens:
+    while (max_batch_tokens and end < len(order)
+           and (end + 1 - start) * len(windows[order[end]]) <= max_batch_tokens):
       end += 1
     rows = order[start:end]
     length = len(windows[rows[-1]])
@@ -62,12 +70,13 @@ class OnnxSafetyModelHandler(ModelHandler[Windows, np.ndarray, typing.Any]):
       shipped int8 classifier, exported into the cache folder on first use.
     device: "cpu" (default) or "cuda" (CUDA execution provider, CPU fallback).
     intra_op_threads: ONNX Runtime threads per session (0: its default, one per core).
-    max_batch_tokens: padded tokens per ONNX Runtime call.
+    max_batch_tokens: 0 (default): one window per ONNX Runtime call, deterministic and fastest
+      on CPU; > 0: padded tokens per call, for GPUs (results then depend on batching).
     max_batch_size: documents per RunInference batch.
   """
 
   def __init__(self, model_path: str | None = None, device: str = "cpu",
-               intra_op_threads: int = 0, max_batch_tokens: int = 16384,
+               intra_op_threads: int = 0, max_batch_tokens: int = 0,
                min_batch_size: int = 1, max_batch_size: int = 64):
     super().__init__()
     if device not in ("cpu", "cuda"):

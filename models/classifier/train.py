@@ -186,19 +186,19 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--head_epochs", type=int, default=60,
                       help="with --frozen: passes of the head over the cached embeddings")
   parser.add_argument("--batch_size", type=int, default=32, help="windows per step")
-  parser.add_argument("--lr", type=float, default=5e-4, help="learning rate of the adapters")
+  parser.add_argument("--lr", type=float, default=1e-3, help="learning rate of the adapters")
   parser.add_argument("--head_lr", type=float, default=5e-3, help="learning rate of the head")
   parser.add_argument("--weight_decay", type=float, default=0.01, help="AdamW weight decay")
   parser.add_argument("--lora_rank", type=int, default=8, help="rank of the LoRA adapters")
   parser.add_argument("--lora_alpha", type=float, default=16.0, help="LoRA scaling alpha")
   parser.add_argument("--lora_dropout", type=float, default=0.05, help="LoRA dropout")
-  parser.add_argument("--unsafe_weight", type=float, default=2.0,
+  parser.add_argument("--unsafe_weight", type=float, default=1.5,
                       help="loss weight of texts scored > 0, relative to score 0")
   parser.add_argument("--window", type=int, default=chunking.DEFAULT_WINDOW,
                       help="window length in tokens, [CLS] and [SEP] included")
   parser.add_argument("--overlap", type=int, default=chunking.DEFAULT_OVERLAP,
                       help="tokens shared by consecutive windows")
-  parser.add_argument("--max_windows_per_text", type=int, default=2,
+  parser.add_argument("--max_windows_per_text", type=int, default=3,
                       help="evenly spaced windows taken from a long training text")
   parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16",
                       help="autocast precision of the forward pass")
