@@ -13,6 +13,7 @@ pipeline keeps at least 80% of the bare session's documents/s).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -44,8 +45,9 @@ def bare_session(texts, model_path: str, batch_docs: int = 64) -> float:
 def pipeline(input_path: str, output: str, model_path: str, extra) -> float:
   from beam_pipeline import run as entry
   started = time.perf_counter()
-  report = entry.run(["--runner=DirectRunner", f"--input={input_path}", f"--output={output}",
-                      "--generation=off", f"--classifier_model={model_path}", *extra])
+  with contextlib.redirect_stdout(sys.stderr):  # the run's summary; stdout is the result
+      report = entry.run(["--runner=DirectRunner", f"--input={input_path}", f"--output={output}",
+                        "--generation=off", f"--classifier_model={model_path}", *extra])
   seconds = time.perf_counter() - started
   assert report["checks_hold"], report["checks"]
   return seconds
