@@ -67,20 +67,22 @@ def build(pipeline: beam.Pipeline, options: SafetyPretrainingOptions) -> None:
   dead_letters.append(tagged[DEAD_LETTER])
 
   if options.generation == "on":
-    from transforms.generation import MoralEducation, RefuseWeb, Rephrase
+    from transforms.generation import MoralEducation, RefuseWeb, Rephrase, assistant_turns
+    from transforms.scoring import document_text
     generator = generator_handler(options)
 
-    def generate_and_gate(name, branch, transform, inputs):
+    def generate_and_gate(name, branch, transform, inputs, text_of=document_text):
       generated = inputs | name >> transform
       gated = generated[DOCUMENTS] | f"Gate{name}" >> SafetyGate(
-          scorer, branch, options.gate_max_score, options.window, options.overlap)
+          scorer, branch, options.gate_max_score, options.window, options.overlap, text_of)
       dead_letters.extend([generated[DEAD_LETTER], gated[DEAD_LETTER]])
       return gated[DOCUMENTS]
 
     outputs["safeweb"] = generate_and_gate(
         "Rephrase", "safeweb", Rephrase(generator, options.seed), routed[REPHRASE])
     outputs["refuseweb"] = generate_and_gate(
-        "RefuseWeb", "refuseweb", RefuseWeb(generator, options.seed), routed[REFUSE])
+        "RefuseWeb", "refuseweb", RefuseWeb(generator, options.seed), routed[REFUSE],
+        text_of=assistant_turns)
     outputs["moral_education"] = generate_and_gate(
         "MoralEducation", "moral_education", MoralEducation(generator, options.seed), outputs["refuseweb"])
   else:

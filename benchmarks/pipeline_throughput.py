@@ -46,8 +46,8 @@ def pipeline(input_path: str, output: str, model_path: str, extra) -> float:
   from beam_pipeline import run as entry
   started = time.perf_counter()
   with contextlib.redirect_stdout(sys.stderr):  # the run's summary; stdout is the result
-      report = entry.run(["--runner=DirectRunner", f"--input={input_path}", f"--output={output}",
-                        "--generation=off", f"--classifier_model={model_path}", *extra])
+    report = entry.run(["--runner=DirectRunner", f"--input={input_path}", f"--output={output}",
+                       "--generation=off", f"--classifier_model={model_path}", *extra])
   seconds = time.perf_counter() - started
   assert report["checks_hold"], report["checks"]
   return seconds

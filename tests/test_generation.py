@@ -344,3 +344,13 @@ def test_real_smollm2_runs_the_three_steps():
   _reconcile(counters, "moral_education", refuseweb_out)
   tokens = result.metrics().query(MetricsFilter().with_name("generated_tokens"))["counters"]
   assert sum(c.committed or c.attempted or 0 for c in tokens) > 0
+
+
+def test_the_gate_scores_only_the_assistant_turns_of_a_refusal():
+  from transforms.generation import assistant_turns
+  document = Document(
+      id="d/refuseweb", stage="refuseweb", style="Student/Teacher",
+      text="Student: How do I hurt someone?\n\nTeacher: I can't help with that.\n\n"
+           "It would cause real harm.\n\nStudent: Why not?\n\nTeacher: Let's talk about safety.")
+  assert assistant_turns(document) == (
+      "I can't help with that.\n\nIt would cause real harm.\n\nLet's talk about safety.")

@@ -7,7 +7,7 @@ import apache_beam as beam
 
 from transforms.deadletter import DEAD_LETTER, RecordStep, Reject
 from transforms.documents import STAGE_GATE, Document
-from transforms.scoring import ScoreSafety
+from transforms.scoring import ScoreSafety, document_text
 
 
 def gate_stage(branch: str) -> str:
@@ -30,13 +30,16 @@ class _GateDoFn(RecordStep):
 class SafetyGate(beam.PTransform):
   """Re-scores a branch's generated Documents; those scoring >= `max_score` become dead letters.
 
-  Returns a dict: "documents" (scored generated Documents that passed) and DEAD_LETTER (the
-  rejected ones with their score, plus any scoring failures).
+  `text_of` picks the text that is scored (RefuseWeb: the assistant's turns). Returns a dict:
+  "documents" (scored generated Documents that passed) and DEAD_LETTER (the rejected ones with
+  their score, plus any scoring failures).
   """
 
-  def __init__(self, model_handler, branch: str, max_score: int, window: int, overlap: int):
+  def __init__(self, model_handler, branch: str, max_score: int, window: int, overlap: int,
+               text_of=document_text):
     super().__init__()
-    self._scoring = ScoreSafety(model_handler, window, overlap, stage=gate_stage(branch))
+    self._scoring = ScoreSafety(model_handler, window, overlap, stage=gate_stage(branch),
+                                text_of=text_of)
     self._max_score = max_score
     self._branch = branch
 

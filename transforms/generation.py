@@ -102,6 +102,25 @@ def render_dialogue(turns: typing.Sequence[tuple[str, str]], speakers: tuple[str
   return "\n\n".join(f"{names[role]}: {body}" for role, body in turns)
 
 
+def assistant_turns(document: Document) -> str:
+  """The assistant's turns of a rendered RefuseWeb dialogue (its `style` names the speakers).
+
+  The safety gate scores these: the user's turn asks for the harmful thing by design, what
+  must be safe is what the assistant says.
+  """
+  user, _, assistant = document.style.partition("/")
+  spoken, current = [], None
+  for paragraph in document.text.split("\n\n"):
+    if assistant and paragraph.startswith(f"{assistant}: "):
+      current = ASSISTANT
+      paragraph = paragraph[len(assistant) + 2:]
+    elif user and paragraph.startswith(f"{user}: "):
+      current = USER
+    if current == ASSISTANT:
+      spoken.append(paragraph)
+  return "\n\n".join(spoken) if spoken else document.text
+
+
 def _without_quote_markers(text: str) -> str:
   lines = [line for line in text.splitlines() if QUOTE_BEGIN not in line and QUOTE_END not in line]
   return "\n".join(lines).strip()

@@ -78,7 +78,6 @@ def build_report(counters: dict[str, int]) -> dict:
       "dead_letters_total": sum(sum(r.values()) for r in dead_letters.values()),
       "dead_letters_written": get("write.dead_letter"),
       "tags_inserted": get(f"{STAGE_TAG}.tags_inserted"),
-      "generation_tokens": get("generation.tokens"),
       "checks": {"originals": originals, "generation": generation},
       "checks_hold": originals["holds"] and all(g["holds"] for g in generation.values()),
   }

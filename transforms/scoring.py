@@ -16,27 +16,31 @@ from transforms.deadletter import DEAD_LETTER, count, dead_letter_for
 from transforms.documents import STAGE_SCORE, Document
 
 
+def document_text(document: Document) -> str:
+  return document.text
+
+
 class _ToWindows(beam.DoFn):
   """Document -> (document, its token windows); the tokenizer loads once per worker."""
 
-  def __init__(self, window: int, overlap: int):
+  def __init__(self, window: int, overlap: int, text_of):
     self._window = window
     self._overlap = overlap
+    self._text_of = text_of
     self._windower = None
 
   def setup(self):
     self._windower = Windower(self._window, self._overlap)
 
   def process(self, document: Document):
-    windows = self._windower.split_ids(self._windower.content_ids([document.text])[0])
-    count(STAGE_SCORE, "windows", len(windows))
+    windows = self._windower.split_ids(self._windower.content_ids([self._text_of(document)])[0])
     yield document, windows
 
 
-def _apply_scores(keyed_result) -> Document:
+def _apply_scores(keyed_result, stage: str) -> Document:
   document, result = keyed_result
   score, probs, window_scores = document_score(result.inference)
-  count(STAGE_SCORE, f"score_{score}")
+  count(stage, f"score_{score}")
   return document._replace(safety_score=score, safety_probs=probs, chunk_scores=window_scores)
 
 
@@ -55,15 +59,19 @@ class ScoreSafety(beam.PTransform):
     model_handler: a ModelHandler from token windows to window probabilities, by default
       `models.classifier.handler.OnnxSafetyModelHandler`.
     window / overlap: the window length and overlap in tokens.
-    stage: the stage named in dead letters of failed batches.
+    stage: the stage named in counters (`<stage>.score_<n>`) and in dead letters of failed
+      batches.
+    text_of: the text of a Document that is scored (default: all of it).
 
   Returns a dict: "documents" (scored Documents) and DEAD_LETTER (DeadLetters).
   """
 
   def __init__(self, model_handler, window: int = DEFAULT_WINDOW,
-               overlap: int = DEFAULT_OVERLAP, stage: str = STAGE_SCORE):
+               overlap: int = DEFAULT_OVERLAP, stage: str = STAGE_SCORE,
+               text_of=document_text):
     super().__init__()
     self._stage = stage
+    self._text_of = text_of
     self._model_handler = model_handler
     self._window = window
     self._overlap = overlap
@@ -71,12 +79,12 @@ class ScoreSafety(beam.PTransform):
   def expand(self, documents):
     inference = (
         documents
-        | "Windows" >> beam.ParDo(_ToWindows(self._window, self._overlap))
+        | "Windows" >> beam.ParDo(_ToWindows(self._window, self._overlap, self._text_of))
         | "Classify" >> RunInference(KeyedModelHandler(self._model_handler))
         .with_exception_handling())
     scored, failures = inference
     return {
-        "documents": scored | "MaxOverWindows" >> beam.Map(_apply_scores).with_output_types(
+        "documents": scored | "MaxOverWindows" >> beam.Map(_apply_scores, self._stage).with_output_types(
             Document),
         DEAD_LETTER: failures.failed_inferences | "FailedBatches" >> beam.FlatMap(
             _failed_batch_to_dead_letters, self._stage),

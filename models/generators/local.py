@@ -24,7 +24,7 @@ from pathlib import Path
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from models.cache import cache_root, file_sha256
+from models.cache import CACHE_ENV, cache_root, file_sha256
 
 # One chat prompt: a sequence of {"role": ..., "content": ...} messages, or of (role, content)
 # pairs when it must be hashable. A final "assistant" message is the opening of the reply: the
