@@ -18,11 +18,10 @@ from transforms.deadletter import DEAD_LETTER
 from transforms.documents import DOCUMENTS, Document, ReadDocuments
 from transforms.gate import SafetyGate
 from transforms.records import WriteDeadLetters, WriteDocuments
+from transforms.report import BRANCHES
 from transforms.routing import RAW, REFUSE, REPHRASE, TO_TAG, Bands, Route
-from transforms.scoring import ScoreSafety
+from transforms.scoring import ScoreSafety, document_text
 from transforms.tagging import HarmfulnessTag
-
-BRANCHES = ("raw", "safeweb", "refuseweb", "moral_education", "tagged")
 
 
 def classifier_handler(options: SafetyPretrainingOptions) -> OnnxSafetyModelHandler:
@@ -68,7 +67,6 @@ def build(pipeline: beam.Pipeline, options: SafetyPretrainingOptions) -> None:
 
   if options.generation == "on":
     from transforms.generation import MoralEducation, RefuseWeb, Rephrase, assistant_turns
-    from transforms.scoring import document_text
     generator = generator_handler(options)
 
     def generate_and_gate(name, branch, transform, inputs, text_of=document_text):
@@ -84,7 +82,8 @@ def build(pipeline: beam.Pipeline, options: SafetyPretrainingOptions) -> None:
         "RefuseWeb", "refuseweb", RefuseWeb(generator, options.seed), routed[REFUSE],
         text_of=assistant_turns)
     outputs["moral_education"] = generate_and_gate(
-        "MoralEducation", "moral_education", MoralEducation(generator, options.seed), outputs["refuseweb"])
+        "MoralEducation", "moral_education", MoralEducation(generator, options.seed),
+        outputs["refuseweb"])
   else:
     for branch in ("safeweb", "refuseweb", "moral_education"):
       outputs[branch] = pipeline | f"No{branch}" >> beam.Create([]).with_output_types(Document)

@@ -14,7 +14,7 @@ import re
 import apache_beam as beam
 import numpy as np
 
-from transforms.deadletter import RecordStep, count
+from transforms.deadletter import DEAD_LETTER, RecordStep, count
 from transforms.documents import STAGE_TAG, Document
 from transforms.schema import HARMFULNESS_TAG
 
@@ -76,7 +76,6 @@ class HarmfulnessTag(beam.PTransform):
     self._seed = seed
 
   def expand(self, documents):
-    from transforms.deadletter import DEAD_LETTER
     outputs = documents | beam.ParDo(
         _TagDoFn(self._tag_rate, self._min_score, self._seed)).with_outputs(
             DEAD_LETTER, main="documents")
