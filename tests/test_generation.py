@@ -21,9 +21,9 @@ from models.generators.prompts import (  # noqa: E402
     KIND_MORAL_EDUCATION, KIND_REFUSEWEB, KIND_REPHRASE, QUOTE_BEGIN, QUOTE_END, STYLES,
     build_prompt, pick_style)
 from transforms.documents import Document  # noqa: E402
-from transforms.deadletter import DEAD_LETTER, METRICS_NAMESPACE, Reject  # noqa: E402
+from transforms.deadletter import DEAD_LETTER, DOCUMENTS, METRICS_NAMESPACE, Reject  # noqa: E402
 from transforms.generation import (  # noqa: E402
-    DOCUMENTS, SPEAKER_PAIRS, MoralEducation, ParseGeneration, RefuseWeb, Rephrase,
+    SPEAKER_PAIRS, MoralEducation, ParseGeneration, RefuseWeb, Rephrase,
     parse_dialogue, pick_speakers)
 
 INJECTION = (

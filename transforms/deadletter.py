@@ -15,8 +15,19 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 
+DOCUMENTS = "documents"
 DEAD_LETTER = "dead_letter"
 METRICS_NAMESPACE = "safety_pretraining"
+
+
+def apply_step(records, label: str, dofn: beam.DoFn):
+  """Applies a step's DoFn; its outputs are DOCUMENTS (Documents) and DEAD_LETTER (DeadLetters).
+
+  Both outputs are typed, so they travel with the deterministic RowCoder.
+  """
+  from transforms.documents import DeadLetter, Document  # documents.py builds on this module
+  return records | label >> beam.ParDo(dofn).with_output_types(
+      Document, **{DEAD_LETTER: DeadLetter}).with_outputs(DEAD_LETTER, main=DOCUMENTS)
 
 
 class Reject(Exception):

@@ -91,9 +91,8 @@ from apache_beam.io import fileio  # noqa: E402
 from apache_beam.io.filesystem import CompressionTypes  # noqa: E402
 from apache_beam.io.filesystems import FileSystems  # noqa: E402
 
-from transforms.deadletter import DEAD_LETTER, RecordStep, Reject, count  # noqa: E402
-
-DOCUMENTS = "documents"
+from transforms.deadletter import (  # noqa: E402
+    DEAD_LETTER, DOCUMENTS, RecordStep, Reject, apply_step, count)
 
 FORMAT_JSONL = "jsonl"
 FORMAT_PARQUET = "parquet"
@@ -154,9 +153,7 @@ class ValidateDocuments(beam.PTransform):
     self._max_chars = max_chars
 
   def expand(self, documents):
-    outputs = documents | "Validate" >> beam.ParDo(_ValidateFn(self._max_chars)).with_output_types(
-        Document, **{DEAD_LETTER: DeadLetter}).with_outputs(DEAD_LETTER, main=DOCUMENTS)
-    return {DOCUMENTS: outputs[DOCUMENTS], DEAD_LETTER: outputs[DEAD_LETTER]}
+    return apply_step(documents, "Validate", _ValidateFn(self._max_chars))
 
 
 class _RawRecord(typing.NamedTuple):
@@ -376,12 +373,11 @@ class ReadDocuments(beam.PTransform):
     self._read_file = _ReadFileFn(text_field, id_field, url_field, source_field, max_chars)
 
   def expand(self, pbegin):
-    outputs = (
+    files = (
         pbegin
         | "MatchFiles" >> fileio.MatchFiles(self._input_pattern)
         | "SpreadFiles" >> beam.Reshuffle()
-        | "ReadMatches" >> fileio.ReadMatches()
-        | "ReadFiles" >> beam.ParDo(self._read_file).with_output_types(
-            Document, **{DEAD_LETTER: DeadLetter}).with_outputs(DEAD_LETTER, main=DOCUMENTS))
+        | "ReadMatches" >> fileio.ReadMatches())
+    outputs = apply_step(files, "ReadFiles", self._read_file)
     documents = outputs[DOCUMENTS] | "SpreadDocuments" >> beam.Reshuffle()
     return {DOCUMENTS: documents, DEAD_LETTER: outputs[DEAD_LETTER]}

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-
 import apache_beam as beam
 
-from transforms.deadletter import DEAD_LETTER, RecordStep, Reject
+from transforms.deadletter import DEAD_LETTER, DOCUMENTS, RecordStep, Reject, apply_step
 from transforms.documents import STAGE_GATE, Document
 from transforms.scoring import ScoreSafety, document_text
 
@@ -31,7 +30,7 @@ class SafetyGate(beam.PTransform):
   """Re-scores a branch's generated Documents; those scoring >= `max_score` become dead letters.
 
   `text_of` picks the text that is scored (RefuseWeb: the assistant's turns). Returns a dict:
-  "documents" (scored generated Documents that passed) and DEAD_LETTER (the rejected ones with
+  DOCUMENTS (scored generated Documents that passed) and DEAD_LETTER (the rejected ones with
   their score, plus any scoring failures).
   """
 
@@ -45,9 +44,9 @@ class SafetyGate(beam.PTransform):
 
   def expand(self, documents):
     scored = documents | "Rescore" >> self._scoring
-    gated = scored["documents"] | "Gate" >> beam.ParDo(_GateDoFn(self._max_score, self._branch)).with_outputs(
-        DEAD_LETTER, main="documents")
+    gated = apply_step(scored[DOCUMENTS], "Gate", _GateDoFn(self._max_score, self._branch))
     return {
-        "documents": gated["documents"],
-        DEAD_LETTER: (scored[DEAD_LETTER], gated[DEAD_LETTER]) | "GateDeadLetters" >> beam.Flatten(),
+        DOCUMENTS: gated[DOCUMENTS],
+        DEAD_LETTER: ((scored[DEAD_LETTER], gated[DEAD_LETTER])
+                      | "GateDeadLetters" >> beam.Flatten()),
     }

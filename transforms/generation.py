@@ -19,8 +19,8 @@ from models.generators.prompts import KIND_MORAL_EDUCATION, KIND_REFUSEWEB, KIND
 from models.generators.prompts import QUOTE_BEGIN, QUOTE_END
 from models.generators.prompts import build_prompt, pick_style, seeded_index
 from transforms.documents import STAGE_MORAL_EDUCATION, STAGE_REFUSEWEB, STAGE_REPHRASE
-from transforms.documents import DOCUMENTS, UNSCORED, DeadLetter, Document
-from transforms.deadletter import DEAD_LETTER, RecordStep, Reject, count
+from transforms.documents import UNSCORED, Document
+from transforms.deadletter import RecordStep, Reject, apply_step, count
 
 # The `stage` of the documents each step makes.
 OUTPUT_SAFEWEB = "safeweb"
@@ -207,14 +207,13 @@ class GenerateFrom(beam.PTransform):
     self._seed = seed
 
   def expand(self, documents):
-    return (
+    generated = (
         documents
         | "BuildPrompt" >> beam.ParDo(_BuildPrompt(self.kind, self._seed))
         | "Generate" >> RunInference(KeyedModelHandler(self._handler))
         | "ToDocument" >> beam.Map(
-            _generated_document, kind=self.kind, seed=self._seed).with_output_types(Document)
-        | "Parse" >> beam.ParDo(ParseGeneration(self.kind, self._seed)).with_output_types(
-            Document, **{DEAD_LETTER: DeadLetter}).with_outputs(DEAD_LETTER, main=DOCUMENTS))
+            _generated_document, kind=self.kind, seed=self._seed).with_output_types(Document))
+    return apply_step(generated, "Parse", ParseGeneration(self.kind, self._seed))
 
 
 class Rephrase(GenerateFrom):

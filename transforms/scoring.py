@@ -12,7 +12,7 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
 from models.classifier.chunking import DEFAULT_OVERLAP, DEFAULT_WINDOW, Windower, document_score
-from transforms.deadletter import DEAD_LETTER, count, dead_letter_for
+from transforms.deadletter import DEAD_LETTER, DOCUMENTS, count, dead_letter_for
 from transforms.documents import STAGE_SCORE, Document
 
 
@@ -63,7 +63,7 @@ class ScoreSafety(beam.PTransform):
       batches.
     text_of: the text of a Document that is scored (default: all of it).
 
-  Returns a dict: "documents" (scored Documents) and DEAD_LETTER (DeadLetters).
+  Returns a dict: DOCUMENTS (scored Documents) and DEAD_LETTER (DeadLetters).
   """
 
   def __init__(self, model_handler, window: int = DEFAULT_WINDOW,
@@ -84,8 +84,8 @@ class ScoreSafety(beam.PTransform):
         .with_exception_handling())
     scored, failures = inference
     return {
-        "documents": scored | "MaxOverWindows" >> beam.Map(_apply_scores, self._stage).with_output_types(
-            Document),
+        DOCUMENTS: scored | "MaxOverWindows" >> beam.Map(
+            _apply_scores, self._stage).with_output_types(Document),
         DEAD_LETTER: failures.failed_inferences | "FailedBatches" >> beam.FlatMap(
             _failed_batch_to_dead_letters, self._stage),
     }

@@ -14,7 +14,7 @@ import re
 import apache_beam as beam
 import numpy as np
 
-from transforms.deadletter import DEAD_LETTER, RecordStep, count
+from transforms.deadletter import RecordStep, apply_step, count
 from transforms.documents import STAGE_TAG, Document
 from transforms.schema import HARMFULNESS_TAG
 
@@ -65,7 +65,7 @@ class _TagDoFn(RecordStep):
 
 
 class HarmfulnessTag(beam.PTransform):
-  """Tags Documents scored >= `min_score`; returns the tagged Documents and DEAD_LETTER."""
+  """Tags Documents scored >= `min_score`; returns {DOCUMENTS: tagged, DEAD_LETTER: ...}."""
 
   def __init__(self, tag_rate: float = 0.05, min_score: int = 1, seed: int = 0):
     super().__init__()
@@ -76,7 +76,5 @@ class HarmfulnessTag(beam.PTransform):
     self._seed = seed
 
   def expand(self, documents):
-    outputs = documents | beam.ParDo(
-        _TagDoFn(self._tag_rate, self._min_score, self._seed)).with_outputs(
-            DEAD_LETTER, main="documents")
-    return {"documents": outputs["documents"], DEAD_LETTER: outputs[DEAD_LETTER]}
+    return apply_step(
+        documents, "Tag", _TagDoFn(self._tag_rate, self._min_score, self._seed))

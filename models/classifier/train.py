@@ -107,7 +107,6 @@ def train(args) -> dict:
   return config
 
 
-
 def _train_with_adapters(classifier, windows, args) -> None:
   """LoRA adapters on the encoder and the head, trained together in bf16 autocast."""
   model.add_adapters(classifier, args.lora_rank, args.lora_alpha, args.lora_dropout)
