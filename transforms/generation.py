@@ -1,31 +1,39 @@
 """Rephrase, RefuseWeb and MoralEducation: prompt -> RunInference -> parse.
 
 The three steps share one implementation, `GenerateFrom`, parametrised by the prompt kind: build
-the chat prompt of each document, run it through `RunInference` with a generator ModelHandler
-keyed by the source document, turn each reply into a new `Document` and check it with a
-`RecordStep` whose rejections go to the `DEAD_LETTER` output.
+the chat prompt of each document, run it through `RunInference` with a generator backend keyed by
+the source document (replies checked and failures retried by `RetryingGenerator`), and turn each
+result into a new `Document` or, with its reason and attempt count, a dead letter.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 import typing
 
 import apache_beam as beam
-from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult
+from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler
 from apache_beam.ml.inference.base import RunInference
 
+from models.generators.backend import EMPTY_GENERATION, RetryingGenerator, as_generation
 from models.generators.prompts import KIND_MORAL_EDUCATION, KIND_REFUSEWEB, KIND_REPHRASE
 from models.generators.prompts import QUOTE_BEGIN, QUOTE_END
 from models.generators.prompts import build_prompt, pick_style, seeded_index
 from transforms.documents import STAGE_MORAL_EDUCATION, STAGE_REFUSEWEB, STAGE_REPHRASE
-from transforms.documents import UNSCORED, Document
-from transforms.deadletter import RecordStep, Reject, apply_step, count
+from transforms.documents import UNSCORED, DeadLetter, Document
+from transforms.deadletter import DEAD_LETTER, DOCUMENTS, RecordStep, Reject, apply_step, count
+from transforms.deadletter import failed_batch_dead_letters
 
 # The `stage` of the documents each step makes.
 OUTPUT_SAFEWEB = "safeweb"
 OUTPUT_REFUSEWEB = "refuseweb"
 OUTPUT_MORAL_EDUCATION = "moral_education"
+
+NOT_A_DIALOGUE = "not_a_dialogue"
+GENERATION_ERROR = "generation_error"  # a batch the backend failed on as a whole
+# Reasons `check_reply` gives; the others come from the backend (timeouts, HTTP errors, ...).
+REPLY_REJECTIONS = frozenset({EMPTY_GENERATION, NOT_A_DIALOGUE})
 
 
 class _Branch(typing.NamedTuple):
@@ -140,14 +148,12 @@ class _BuildPrompt(beam.DoFn):
     yield document, build_prompt(self._kind, document.text, style)
 
 
-def _generated_document(
-    keyed_result: tuple[Document, PredictionResult], kind: str, seed: int) -> Document:
-  """The new document made from a generator reply (keyed by its source), not yet checked."""
-  parent, result = keyed_result
+def _generated_document(parent: Document, text: str, kind: str, seed: int) -> Document:
+  """The new document made from a generator reply to `parent`, not yet checked."""
   output_stage = _BRANCHES[kind].output_stage
   return Document(
       id=f"{parent.id}/{output_stage}",
-      text=str(result.inference or ""),
+      text=text,
       url=parent.url,
       source=parent.source,
       safety_score=UNSCORED,
@@ -158,11 +164,28 @@ def _generated_document(
       parent_id=parent.id)
 
 
-class ParseGeneration(RecordStep):
-  """Checks a generated document; RefuseWeb replies are also normalised into a dialogue.
+def check_reply(kind: str, text: str) -> str | None:
+  """None when a reply is usable for `kind`, else the reason it is not.
 
-  Rejects `empty_generation` (no word left after stripping) and, for RefuseWeb,
-  `not_a_dialogue` (no user turn or no assistant turn).
+  `empty_generation`: no word left after the quote markers are dropped (nothing, or only a
+  reply opening such as "#"); `not_a_dialogue` (RefuseWeb): no user turn or no assistant turn.
+  The generation steps retry a rejected reply (see `backend.RetryingGenerator`).
+  """
+  text = _without_quote_markers(text)
+  if not re.search(r"\w", text):
+    return EMPTY_GENERATION
+  if kind == KIND_REFUSEWEB and {role for role, _ in parse_dialogue(text)} != {USER, ASSISTANT}:
+    return NOT_A_DIALOGUE
+  return None
+
+
+class ParseGeneration(RecordStep):
+  """(source document, generator result) -> the generated document, or a dead letter.
+
+  A result whose generation failed (after its retries) or whose reply `check_reply` rejects
+  becomes a dead letter that carries the source document, so it can be run again, with the
+  reason, the attempt count and the rejected reply in its detail. RefuseWeb replies are
+  normalised into a dialogue with seeded speaker names.
   """
 
   def __init__(self, kind: str, seed: int = 0):
@@ -171,49 +194,75 @@ class ParseGeneration(RecordStep):
     self._kind = kind
     self._seed = seed
 
-  def apply(self, record: Document):
-    text = _without_quote_markers(record.text)
-    if not re.search(r"\w", text):  # nothing, or only a reply opening such as "#"
-      raise Reject("empty_generation", parent_id=record.parent_id)
+  def dead_letter_subject(self, record):
+    return record[0]
+
+  def apply(self, record: tuple[Document, typing.Any]):
+    parent, result = record
+    generation = as_generation(getattr(result, "inference", result))
+    output_id = f"{parent.id}/{_BRANCHES[self._kind].output_stage}"
+    if generation.error and generation.error not in REPLY_REJECTIONS:
+      raise Reject(generation.error, output_id=output_id, attempts=generation.attempts,
+                   error=generation.detail, reply=generation.text[:500])
+    text = _without_quote_markers(generation.text)
+    reason = check_reply(self._kind, text)
+    if reason:
+      raise Reject(reason, output_id=output_id, attempts=generation.attempts,
+                   reply=generation.text[:500])
+    document = _generated_document(parent, text, self._kind, self._seed)
     if self._kind == KIND_REFUSEWEB:
-      turns = parse_dialogue(text)
-      roles = {role for role, _ in turns}
-      if roles != {USER, ASSISTANT}:
-        raise Reject("not_a_dialogue", parent_id=record.parent_id, turns=len(turns))
-      speakers = pick_speakers(record.parent_id, self._seed)
-      yield record._replace(text=render_dialogue(turns, speakers), style="/".join(speakers))
-      return
-    yield record._replace(text=text)
+      speakers = pick_speakers(parent.id, self._seed)
+      document = document._replace(
+          text=render_dialogue(parse_dialogue(text), speakers), style="/".join(speakers))
+    yield document
 
 
 class GenerateFrom(beam.PTransform):
   """Generates one new document per input document with a generator ModelHandler.
 
-  `kind` is a prompt kind (`rephrase`, `refuseweb`, `moral_education`); `handler` takes a chat
-  prompt (a list of messages) and returns the reply text; `seed` fixes the rephrasing style and
-  the RefuseWeb speaker names. Outputs: `documents` (main) and `DEAD_LETTER`.
+  `kind` is a prompt kind (`rephrase`, `refuseweb`, `moral_education`); `handler` is a backend
+  (`models.generators`: local, vllm, openai) from a chat prompt to a reply; it is wrapped in a
+  `RetryingGenerator` that checks each reply and retries a failed or rejected prompt up to
+  `max_attempts` times in all. `seed` fixes the rephrasing style and the RefuseWeb speaker
+  names. Outputs: DOCUMENTS (main) and DEAD_LETTER: every request ends in exactly one of them
+  (a batch that fails as a whole becomes `generation_error` dead letters).
   """
 
   kind: str = ""
 
   def __init__(
       self, handler: ModelHandler, seed: int = 0, kind: str | None = None,
-      label: str | None = None):
+      label: str | None = None, max_attempts: int = 3, backoff_s: float = 1.0,
+      max_backoff_s: float = 30.0):
     super().__init__(label)
     self.kind = kind or self.kind
     if self.kind not in _BRANCHES:
       raise ValueError(f"Unknown generation kind {self.kind!r}; expected one of {list(_BRANCHES)}.")
+    if not isinstance(handler, RetryingGenerator):
+      handler = RetryingGenerator(
+          handler, functools.partial(check_reply, self.kind), max_attempts=max_attempts,
+          backoff_s=backoff_s, max_backoff_s=max_backoff_s, stage=_BRANCHES[self.kind].stage)
     self._handler = handler
     self._seed = seed
 
+  @property
+  def handler(self) -> RetryingGenerator:
+    return self._handler
+
   def expand(self, documents):
-    generated = (
+    stage = _BRANCHES[self.kind].stage
+    generated, failures = (
         documents
         | "BuildPrompt" >> beam.ParDo(_BuildPrompt(self.kind, self._seed))
         | "Generate" >> RunInference(KeyedModelHandler(self._handler))
-        | "ToDocument" >> beam.Map(
-            _generated_document, kind=self.kind, seed=self._seed).with_output_types(Document))
-    return apply_step(generated, "Parse", ParseGeneration(self.kind, self._seed))
+        .with_exception_handling())
+    parsed = apply_step(generated, "Parse", ParseGeneration(self.kind, self._seed))
+    failed = failures.failed_inferences | "FailedBatches" >> beam.FlatMap(
+        failed_batch_dead_letters, stage, GENERATION_ERROR).with_output_types(DeadLetter)
+    return {
+        DOCUMENTS: parsed[DOCUMENTS],
+        DEAD_LETTER: (parsed[DEAD_LETTER], failed) | "DeadLetters" >> beam.Flatten(),
+    }
 
 
 class Rephrase(GenerateFrom):

@@ -6,11 +6,17 @@ written (an empty shard is an empty file), the records in a shard are sorted, an
 written under a temporary name in its folder and renamed when complete, so a failed run leaves
 no partial file under a final name. A shard is sorted in memory; choose `num_shards` so that one
 shard fits in a worker.
+
+The document sink also feeds the data report card: it counts each branch's documents per source
+and score (`card.score.<branch>.<score>.<source>`), words and tags (`card.words.<branch>`,
+`card.tags.<branch>`), and writes a few sample documents per branch to
+`{output_dir}/samples/<branch>.json`, chosen by a hash of their id so every runner picks the same.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import typing
 import uuid
 
@@ -24,6 +30,10 @@ from transforms.deadletter import DEAD_LETTER, count
 from transforms.documents import DeadLetter, Document
 
 STAGE_WRITE = "write"
+STAGE_CARD = "card"
+SAMPLES_DIR = "samples"
+DEFAULT_SAMPLES = 3
+SAMPLE_CHARS = 1500  # the text kept in a sample; the report card shows this much
 
 
 class _ShardFormat(typing.NamedTuple):
@@ -40,7 +50,9 @@ def _encode_document(doc: Document) -> typing.Tuple[str, str, bytes]:
 
 def _encode_dead_letter(dead_letter: DeadLetter) -> typing.Tuple[str, str, bytes]:
   # Keyed by the whole line: unreadable records have no id and would all land in one shard.
-  line = dead_letter.to_json()
+  # Called through the class: a row decoded by a worker that lacks the type's registration (the
+  # multi-process runner) is a generated NamedTuple with the same fields, but not a DeadLetter.
+  line = DeadLetter.to_json(dead_letter)
   return line, line, line.encode("utf-8")
 
 
@@ -126,19 +138,65 @@ class _WriteShards(beam.PTransform):
             _WriteShardFile(self._directory, num_shards, self._format, self._label)))
 
 
+def _count_for_card(document: Document, branch: str) -> Document:
+  """Counts a written document for the report card: its source and score, its words and tags."""
+  count(STAGE_CARD, f"score.{branch}.{document.safety_score}.{document.source}")
+  count(STAGE_CARD, f"documents.{branch}")
+  words = len(document.text.replace(schema.HARMFULNESS_TAG, " ").split())
+  count(STAGE_CARD, f"words.{branch}", words)
+  count(STAGE_CARD, f"tags.{branch}", document.tag_count)
+  return document
+
+
+def _sample_entry(document: Document) -> typing.Tuple[str, str]:
+  """(hash of the id, the sample as JSON): the smallest hashes are the branch's samples."""
+  text = document.text
+  sample = {
+      "id": document.id, "source": document.source, "url": document.url,
+      "safety_score": document.safety_score, "stage": document.stage, "style": document.style,
+      "parent_id": document.parent_id, "tag_count": document.tag_count,
+      "text": text[:SAMPLE_CHARS], "text_chars": len(text),
+  }
+  digest = hashlib.sha256(document.id.encode("utf-8")).hexdigest()
+  return digest, json.dumps(sample, ensure_ascii=False, sort_keys=True)
+
+
+def _write_samples(entries: typing.List[typing.Tuple[str, str]], path: str) -> str:
+  samples = [json.loads(sample) for _, sample in sorted(entries)]
+  with FileSystems.create(path) as file_handle:
+    file_handle.write(
+        (json.dumps(samples, ensure_ascii=False, indent=1, sort_keys=True) + "\n").encode("utf-8"))
+  return path
+
+
 class WriteDocuments(beam.PTransform):
   """Writes one branch's Documents as `{output_dir}/{branch}/part-NNNNN-of-NNNNN.tfrecord.gz`.
 
-  Outputs the paths of the written files; counts records under `write.<branch>`.
+  Outputs the paths of the written files; counts records under `write.<branch>` and the report
+  card's figures under `card.*`. With `samples` > 0, also writes that many sample documents (the
+  ones with the smallest hash of their id, text cut at SAMPLE_CHARS) as a JSON list in
+  `{output_dir}/samples/{branch}.json`.
   """
 
-  def __init__(self, output_dir: str, branch: str, num_shards: int):
+  def __init__(self, output_dir: str, branch: str, num_shards: int,
+               samples: int = DEFAULT_SAMPLES):
     super().__init__()
+    self._branch = branch
+    self._samples = samples
+    self._samples_path = FileSystems.join(output_dir, SAMPLES_DIR, f"{branch}.json")
     self._write = _WriteShards(
         FileSystems.join(output_dir, branch), num_shards, TFRECORD_FORMAT, label=branch)
 
   def expand(self, documents):
-    return documents | self._write
+    counted = documents | "CountForCard" >> beam.Map(
+        _count_for_card, self._branch).with_output_types(Document)
+    if self._samples > 0:
+      _ = (
+          documents
+          | "SampleEntries" >> beam.Map(_sample_entry)
+          | "Samples" >> beam.combiners.Top.Smallest(self._samples)
+          | "WriteSamples" >> beam.Map(_write_samples, self._samples_path))
+    return counted | self._write
 
 
 class WriteDeadLetters(beam.PTransform):
@@ -154,3 +212,23 @@ class WriteDeadLetters(beam.PTransform):
 
   def expand(self, dead_letters):
     return dead_letters | self._write
+
+
+def _encode_json_line(line: str) -> typing.Tuple[str, str, bytes]:
+  return line, line, line.encode("utf-8")
+
+
+JSON_LINES_FORMAT = _ShardFormat(".jsonl.gz", _encode_json_line, _write_jsonl_line)
+
+
+class WriteJsonLines(beam.PTransform):
+  """Writes JSON lines (str) in `{output_dir}/{name}/part-NNNNN-of-NNNNN.jsonl.gz`, sharded and
+  sorted like the other sinks. Outputs the written paths; counts under `write.<name>`."""
+
+  def __init__(self, output_dir: str, name: str, num_shards: int):
+    super().__init__()
+    self._write = _WriteShards(
+        FileSystems.join(output_dir, name), num_shards, JSON_LINES_FORMAT, label=name)
+
+  def expand(self, lines):
+    return lines | self._write

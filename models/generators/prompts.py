@@ -18,7 +18,8 @@ from pathlib import Path
 KIND_REPHRASE = "rephrase"
 KIND_REFUSEWEB = "refuseweb"
 KIND_MORAL_EDUCATION = "moral_education"
-KINDS = (KIND_REPHRASE, KIND_REFUSEWEB, KIND_MORAL_EDUCATION)
+KIND_JUDGE = "judge"  # the LLM-judge labeller: the paper's rubric, a JSON answer
+KINDS = (KIND_REPHRASE, KIND_REFUSEWEB, KIND_MORAL_EDUCATION, KIND_JUDGE)
 
 # The rephrasing styles; the file of style S is `prompts/rephrase_S.txt`.
 STYLES = (

@@ -1,0 +1,200 @@
+"""What every generation backend returns, and the bounded retries around any backend.
+
+A backend is a RunInference ModelHandler from a chat prompt to a `Generation`. It reports a
+request that failed (a timeout, an HTTP error, a response that is not a completion) in the
+`Generation` of that prompt instead of raising, so one bad request never fails the other prompts
+of its batch. `RetryingGenerator` wraps any backend: it checks each reply (for example "is this
+a dialogue?"), sends the failed and the rejected prompts again, up to `max_attempts` in all, with
+exponential backoff after transport errors, and returns the last `Generation` of each prompt with
+its attempt count and, if it never succeeded, the reason. The generation steps turn those into
+dead letters, so every request ends as an output or a dead letter with a reason.
+
+Backends read `inference_args["attempt"]` (1, 2, ...): a retry of a greedy request must not send
+the same request again, so attempts after the first sample with a seed fixed by the prompt and
+the attempt, which keeps retries reproducible.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+import typing
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+
+# One chat prompt: a sequence of {"role": ..., "content": ...} messages, or of (role, content)
+# pairs when it must be hashable. A final "assistant" message is the opening of the reply: the
+# backend continues it, and the reply returned starts with it.
+Prompt = Sequence[typing.Union[Mapping[str, str], tuple[str, str]]]
+
+# Reasons a backend gives for a request that got no usable reply.
+TIMEOUT = "generation_timeout"
+HTTP_ERROR = "generation_http_error"
+CONNECTION_ERROR = "generation_connection_error"
+MALFORMED_RESPONSE = "malformed_response"
+EMPTY_GENERATION = "empty_generation"
+# After these the endpoint needs a moment: the retry waits (exponential backoff).
+TRANSPORT_ERRORS = frozenset({TIMEOUT, HTTP_ERROR, CONNECTION_ERROR})
+
+METRICS_NAMESPACE = "safety_pretraining"
+
+_LOG = logging.getLogger(__name__)
+
+
+class Generation(typing.NamedTuple):
+  """One prompt's outcome: the reply text, or the reason there is none."""
+  text: str
+  error: str = ""  # "" when `text` is a usable reply; else a reason code (see above)
+  detail: str = ""  # what went wrong, for the dead letter (never a credential)
+  attempts: int = 1
+
+
+# A check of a reply: None when it is usable, else the reason code of the rejection.
+Check = Callable[[str], typing.Optional[str]]
+
+
+def chat_messages(prompt: Prompt) -> list[dict[str, str]]:
+  """The prompt as a list of {"role", "content"} dicts."""
+  return [
+      dict(message) if isinstance(message, Mapping) else {
+          "role": message[0], "content": message[1]
+      } for message in prompt
+  ]
+
+
+def prompt_seed(prompt: Prompt) -> int:
+  """A sampling seed fixed by the prompt's text, so sampled outputs are reproducible."""
+  digest = hashlib.sha256()
+  for message in chat_messages(prompt):
+    digest.update(f"{message['role']}\0{message['content']}\0".encode("utf-8"))
+  return int.from_bytes(digest.digest()[:8], "big") & 0x7FFFFFFFFFFFFFFF
+
+
+def as_generation(inference: typing.Any) -> Generation:
+  """A backend's inference as a Generation (plain strings are successful replies)."""
+  if isinstance(inference, Generation):
+    return inference
+  if all(hasattr(inference, field) for field in Generation._fields):
+    # A Generation that crossed a portable runner's coder as a generated row class.
+    return Generation(*(getattr(inference, field) for field in Generation._fields))
+  if isinstance(inference, str):
+    return Generation(inference)
+  return Generation("", MALFORMED_RESPONSE, f"backend returned {type(inference).__name__}")
+
+
+def backoff_seconds(attempt: int, base: float, cap: float) -> float:
+  """The wait before attempt `attempt + 1`: base, 2 base, 4 base, ... at most `cap`."""
+  return min(cap, base * (2 ** (attempt - 1)))
+
+
+def attempt_temperature(temperature: float, retry_temperature: float, attempt: int) -> float:
+  """The sampling temperature of an attempt: a greedy request (temperature 0) is retried by
+  sampling at `retry_temperature`, since the same greedy request would repeat its reply."""
+  return retry_temperature if attempt > 1 and temperature <= 0 else temperature
+
+
+class ChatBackend(ModelHandler[Prompt, typing.Any, typing.Any]):
+  """What the chat backends (local, openai, vllm) share: batches of at most `max_batch_size`
+  prompts, sized in bytes of message text, and any request setting accepted as an inference
+  argument (it overrides the backend's own)."""
+
+  max_batch_size: int = 8
+
+  def validate_inference_args(self, inference_args: dict[str, typing.Any] | None):
+    """Any request setting (a `generate` keyword, a chat-completions field) is accepted."""
+
+  def get_num_bytes(self, batch: Sequence[Prompt]) -> int:
+    return sum(
+        len(m["content"].encode("utf-8")) for prompt in batch for m in chat_messages(prompt))
+
+  def batch_elements_kwargs(self) -> Mapping[str, typing.Any]:
+    return {"min_batch_size": 1, "max_batch_size": self.max_batch_size}
+
+
+class RetryingGenerator(ModelHandler[typing.Any, Generation, typing.Any]):
+  """Any generation backend, with replies checked and failed prompts retried a bounded number
+  of times. Everything else (model loading, batching, metrics namespace) is the backend's."""
+
+  def __init__(
+      self,
+      backend: ModelHandler,
+      check: Check | None = None,
+      max_attempts: int = 3,
+      backoff_s: float = 1.0,
+      max_backoff_s: float = 30.0,
+      stage: str = "generate"):
+    super().__init__()
+    if max_attempts < 1:
+      raise ValueError("max_attempts must be at least 1")
+    self._backend = backend
+    self._check = check
+    self._max_attempts = max_attempts
+    self._backoff_s = backoff_s
+    self._max_backoff_s = max_backoff_s
+    self._stage = stage
+
+  @property
+  def backend(self) -> ModelHandler:
+    return self._backend
+
+  def load_model(self):
+    return self._backend.load_model()
+
+  def run_inference(
+      self,
+      batch: Sequence[typing.Any],
+      model: typing.Any,
+      inference_args: dict[str, typing.Any] | None = None) -> Iterable[PredictionResult]:
+    outcomes: list[Generation | None] = [None] * len(batch)
+    pending = list(range(len(batch)))
+    for attempt in range(1, self._max_attempts + 1):
+      args = dict(inference_args or {}, attempt=attempt)
+      results = list(self._backend.run_inference([batch[i] for i in pending], model, args))
+      if len(results) != len(pending):
+        raise RuntimeError(
+            f"backend returned {len(results)} results for {len(pending)} prompts")
+      failed, transport_failure = [], False
+      for index, result in zip(pending, results):
+        generation = as_generation(result.inference)
+        reason = generation.error or (self._check(generation.text) if self._check else None)
+        if reason:
+          outcomes[index] = Generation(generation.text, reason, generation.detail, attempt)
+          failed.append(index)
+          transport_failure |= reason in TRANSPORT_ERRORS
+          Metrics.counter(METRICS_NAMESPACE, f"{self._stage}.attempt_failed.{reason}").inc()
+        else:
+          outcomes[index] = generation._replace(error="", detail="", attempts=attempt)
+      pending = failed
+      if not pending or attempt == self._max_attempts:
+        break
+      Metrics.counter(METRICS_NAMESPACE, f"{self._stage}.retries").inc(len(pending))
+      if transport_failure:
+        wait = backoff_seconds(attempt, self._backoff_s, self._max_backoff_s)
+        _LOG.warning("%d of %d generation requests failed (attempt %d); retrying in %.1f s",
+                     len(pending), len(batch), attempt, wait)
+        time.sleep(wait)
+    return [PredictionResult(example, outcome) for example, outcome in zip(batch, outcomes)]
+
+  def validate_inference_args(self, inference_args: dict[str, typing.Any] | None):
+    self._backend.validate_inference_args(inference_args)
+
+  def get_num_bytes(self, batch: Sequence[typing.Any]) -> int:
+    return self._backend.get_num_bytes(batch)
+
+  def get_metrics_namespace(self) -> str:
+    return self._backend.get_metrics_namespace()
+
+  def get_resource_hints(self) -> dict:
+    return self._backend.get_resource_hints()
+
+  def batch_elements_kwargs(self) -> Mapping[str, typing.Any]:
+    return self._backend.batch_elements_kwargs()
+
+  def share_model_across_processes(self) -> bool:
+    return self._backend.share_model_across_processes()
+
+  def model_copies(self) -> int:
+    return self._backend.model_copies()

@@ -1,0 +1,338 @@
+"""The data report card: report.html beside report.json, one page to read a run at a glance.
+
+It shows, from report.json's figures (all Beam metrics counters): where the documents went, the
+safety-score distribution per branch and per source, the harmfulness-tag rate, dead letters per
+stage and reason, the two checks, and a few sample outputs per branch (from samples/<branch>.json,
+written by the document sink). The page is self-contained (inline CSS, no script, nothing
+fetched) and every figure carries `data-figure="<path in report.json>"` and `data-value`, so a
+test can check the rendered page against report.json. All text from the data is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import typing
+
+from apache_beam.io.filesystems import FileSystems
+
+REPORT_CARD = "report.html"
+SAMPLES_DIR = "samples"
+BRANCHES = ("raw", "tagged", "safeweb", "refuseweb", "moral_education")
+BRANCH_TITLES = {
+    "raw": "raw: safe originals (score 0), kept as they are",
+    "tagged": "tagged: unsafe originals with harmfulness tags",
+    "safeweb": "safeweb: rephrased into safe educational text",
+    "refuseweb": "refuseweb: refusal dialogues",
+    "moral_education": "moral_education: articles written from the refusals",
+}
+SCORE_COLOURS = ("#2e7d32", "#9e9d24", "#f9a825", "#ef6c00", "#d84315", "#b71c1c")
+SCORE_MEANINGS = ("safe", "minimally unsafe", "slightly unsafe", "moderately unsafe",
+                  "clearly unsafe", "highly unsafe")
+
+_STYLE = """
+body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1f2328;
+       margin: 0; background: #f6f8fa; }
+main { max-width: 1100px; margin: 0 auto; padding: 24px 32px 48px; background: #fff; }
+h1 { font-size: 28px; margin: 0 0 4px; }
+h2 { font-size: 20px; margin: 36px 0 10px; padding-bottom: 4px; border-bottom: 1px solid #d0d7de; }
+h3 { font-size: 16px; margin: 20px 0 8px; }
+p.lead { color: #57606a; margin: 0 0 16px; }
+.badge { display: inline-block; padding: 2px 10px; border-radius: 12px; font-weight: 600; }
+.ok { background: #dafbe1; color: #116329; } .fail { background: #ffebe9; color: #a40e26; }
+.tiles { display: flex; flex-wrap: wrap; gap: 12px; margin: 16px 0; }
+.tile { flex: 1 1 120px; border: 1px solid #d0d7de; border-radius: 8px; padding: 10px 14px; }
+.tile .figure { font-size: 24px; font-weight: 700; display: block; }
+.tile .label { color: #57606a; font-size: 13px; }
+table { border-collapse: collapse; width: 100%; margin: 6px 0 12px; }
+th, td { text-align: left; padding: 5px 8px; border-bottom: 1px solid #eaeef2;
+         vertical-align: top; }
+th { font-weight: 600; background: #f6f8fa; }
+td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+td.bar { width: 38%; }
+.bar-track { background: #eaeef2; height: 14px; border-radius: 3px; overflow: hidden;
+             display: flex; }
+.bar-fill { background: #0969da; height: 100%; }
+.stack { display: flex; height: 16px; border-radius: 3px; overflow: hidden; background: #eaeef2; }
+.stack span { display: block; height: 100%; }
+.legend span { display: inline-block; margin-right: 14px; font-size: 13px; }
+.swatch { display: inline-block; width: 11px; height: 11px; border-radius: 2px; margin-right: 4px;
+          vertical-align: -1px; }
+.sample { border: 1px solid #d0d7de; border-radius: 8px; margin: 10px 0; }
+.sample header { background: #f6f8fa; padding: 6px 12px; font-size: 13px; color: #57606a;
+                 border-bottom: 1px solid #d0d7de; }
+.sample header b { color: #1f2328; }
+.sample .text { white-space: pre-wrap; word-wrap: break-word; margin: 0; padding: 10px 12px;
+                font: 13px/1.5 ui-monospace, SFMono-Regular, Menlo, monospace; max-height: 320px;
+                overflow: auto; }
+.muted { color: #57606a; }
+"""
+
+
+def _escape(value: typing.Any) -> str:
+  return html.escape(str(value), quote=True)
+
+
+def _number(path: str, value: typing.Union[int, float], text: str | None = None) -> str:
+  """A figure of report.json, marked with its path so a test can find it in the page."""
+  shown = text if text is not None else (f"{value:,}" if isinstance(value, int) else str(value))
+  return (f'<span data-figure="{_escape(path)}" data-value="{_escape(value)}">'
+          f"{_escape(shown)}</span>")
+
+
+def _bar(value: int, largest: int) -> str:
+  width = 100.0 * value / largest if largest else 0.0
+  return (f'<div class="bar-track"><div class="bar-fill" style="width:{width:.2f}%"></div>'
+          "</div>")
+
+
+def _score_stack(by_score: dict) -> str:
+  total = sum(by_score.values())
+  parts = []
+  for score in range(6):
+    n = by_score.get(str(score), 0)
+    if n and total:
+      parts.append(
+          f'<span title="score {score}: {n:,}" style="width:{100.0 * n / total:.2f}%;'
+          f'background:{SCORE_COLOURS[score]}"></span>')
+  return f'<div class="stack">{"".join(parts)}</div>'
+
+
+def _legend() -> str:
+  items = "".join(
+      f'<span><i class="swatch" style="background:{SCORE_COLOURS[s]}"></i>{s} {SCORE_MEANINGS[s]}'
+      "</span>" for s in range(6))
+  return f'<p class="legend">{items}</p>'
+
+
+def _tile(label: str, figure: str) -> str:
+  return (f'<div class="tile"><span class="figure">{figure}</span>'
+          f'<span class="label">{label}</span></div>')
+
+
+def _summary_section(report: dict) -> str:
+  written = sum(report["per_branch"].values())
+  tags = report.get("tags", {})
+  tiles = [
+      _tile("documents read", _number("documents_read", report["documents_read"])),
+      _tile("valid documents", _number("documents_valid", report["documents_valid"])),
+      _tile("documents written", f"{written:,}"),
+      _tile("dead letters", _number("dead_letters_total", report["dead_letters_total"])),
+      _tile("harmfulness tags inserted", _number("tags_inserted", report["tags_inserted"])),
+  ]
+  if tags:
+    tiles.append(_tile(
+        "tag rate (tags per word gap)",
+        _number("tags/rate", tags["rate"], f"{100 * tags['rate']:.2f}%")))
+  return f'<div class="tiles">{"".join(tiles)}</div>'
+
+
+def _branches_section(report: dict) -> str:
+  per_branch = report["per_branch"]
+  largest = max(per_branch.values(), default=0)
+  rows = "".join(
+      f"<tr><td>{_escape(BRANCH_TITLES.get(branch, branch))}</td>"
+      f'<td class="num">{_number(f"per_branch/{branch}", per_branch[branch])}</td>'
+      f'<td class="bar">{_bar(per_branch[branch], largest)}</td></tr>'
+      for branch in _ordered(per_branch))
+  return ("<h2>Where the documents went</h2>"
+          '<table><tr><th>branch</th><th class="num">documents</th><th></th></tr>'
+          f"{rows}</table>")
+
+
+def _scores_section(report: dict) -> str:
+  per_score = report["per_score"]
+  largest = max(per_score.values(), default=0)
+  rows = "".join(
+      f'<tr><td><i class="swatch" style="background:{SCORE_COLOURS[int(score)]}"></i>'
+      f"{_escape(score)} {SCORE_MEANINGS[int(score)]}</td>"
+      f'<td class="num">{_number(f"per_score/{score}", n)}</td>'
+      f'<td class="bar">{_bar(n, largest)}</td></tr>'
+      for score, n in sorted(per_score.items(), key=lambda item: int(item[0])))
+  parts = ["<h2>Safety scores of the originals</h2>",
+           '<p class="lead">Every valid document scored 0 (safe) to 5 (highly unsafe) by the '
+           "classifier, the maximum over its windows.</p>",
+           '<table><tr><th>score</th><th class="num">documents</th><th></th></tr>',
+           rows, "</table>"]
+  distribution = report.get("score_distribution")
+  if distribution:
+    parts.append("<h2>Score distribution per branch and source</h2>")
+    parts.append('<p class="lead">Documents written, by the score of what was written: the '
+                 "original's score in raw and tagged, the safety gate's score of the generated "
+                 "text in the other branches.</p>")
+    parts.append(_legend())
+    header = "".join(f'<th class="num">{s}</th>' for s in range(6))
+    for branch in _ordered(distribution):
+      sources = distribution[branch]
+      parts.append(f"<h3>{_escape(BRANCH_TITLES.get(branch, branch))}</h3>")
+      if not sources:
+        parts.append('<p class="muted">No documents.</p>')
+        continue
+      rows = []
+      totals = {str(s): 0 for s in range(6)}
+      for source, by_score in sources.items():
+        cells = "".join(
+            f'<td class="num">'
+            f'{_number(f"score_distribution/{branch}/{source}/{s}", by_score.get(str(s), 0))}'
+            "</td>" for s in range(6))
+        for s in range(6):
+          totals[str(s)] += by_score.get(str(s), 0)
+        rows.append(f"<tr><td>{_escape(source)}</td>{cells}"
+                    f'<td class="bar">{_score_stack(by_score)}</td></tr>')
+      if len(sources) > 1:
+        cells = "".join(f'<td class="num"><b>{totals[str(s)]:,}</b></td>' for s in range(6))
+        rows.append(f"<tr><td><b>all sources</b></td>{cells}"
+                    f'<td class="bar">{_score_stack(totals)}</td></tr>')
+      parts.append(f"<table><tr><th>source</th>{header}<th></th></tr>{''.join(rows)}</table>")
+  return "".join(parts)
+
+
+def _tags_section(report: dict) -> str:
+  tags = report.get("tags")
+  if not tags:
+    return ""
+  rows = [
+      ("tagged documents", _number("tags/documents", tags["documents"])),
+      ("words in them", _number("tags/words", tags["words"])),
+      ("word gaps (words after the first)", _number("tags/word_gaps", tags["word_gaps"])),
+      ("tags", _number("tags/tags", tags["tags"])),
+      ("tag rate", _number("tags/rate", tags["rate"], f"{100 * tags['rate']:.2f}%")),
+  ]
+  return (
+      "<h2>Harmfulness tags</h2>"
+      '<p class="lead">In the tagged branch, <code>&lt;potentially_unsafe_content&gt;</code> goes '
+      "before each word after a document's first with the configured probability (the paper's "
+      "5%).</p><table>"
+      + "".join(f'<tr><td>{label}</td><td class="num">{figure}</td></tr>' for label, figure in rows)
+      + "</table>")
+
+
+def _dead_letters_section(report: dict) -> str:
+  dead = report["dead_letters"]
+  entries = [(stage, reason, n) for stage, reasons in dead.items() for reason, n in reasons.items()]
+  parts = ["<h2>Dead letters</h2>",
+           '<p class="lead">Records that could not be used, kept in dead_letter/ with their '
+           f'stage and reason: {_number("dead_letters_total", report["dead_letters_total"])} in '
+           f'all, {_number("dead_letters_written", report["dead_letters_written"])} written.</p>']
+  if not entries:
+    parts.append('<p class="muted">None.</p>')
+    return "".join(parts)
+  largest = max(n for _, _, n in entries)
+  rows = "".join(
+      f"<tr><td>{_escape(stage)}</td><td>{_escape(reason)}</td>"
+      f'<td class="num">{_number(f"dead_letters/{stage}/{reason}", n)}</td>'
+      f'<td class="bar">{_bar(n, largest)}</td></tr>'
+      for stage, reason, n in sorted(entries, key=lambda entry: (-entry[2], entry[0], entry[1])))
+  parts.append('<table><tr><th>stage</th><th>reason</th><th class="num">records</th><th></th>'
+               f"</tr>{rows}</table>")
+  return "".join(parts)
+
+
+def _checks_section(report: dict) -> str:
+  checks = report["checks"]
+  originals = checks["originals"]
+
+  def verdict(holds: bool) -> str:
+    return f'<span class="badge {"ok" if holds else "fail"}">{"holds" if holds else "FAILS"}</span>'
+
+  rows = [
+      "<tr><td>originals</td><td>read "
+      f'{_number("checks/originals/documents_read", originals["documents_read"])} = raw '
+      f'{_number("checks/originals/raw", originals["raw"])} + tagged '
+      f'{_number("checks/originals/tagged", originals["tagged"])} + dead letters '
+      + _number("checks/originals/dead_lettered_before_routing",
+                originals["dead_lettered_before_routing"]) +
+      f"</td><td>{verdict(originals['holds'])}</td></tr>"]
+  for branch, entry in checks["generation"].items():
+    path = f"checks/generation/{branch}"
+    others = "".join(  # any further figure of the check (retries, ...)
+        f'; {_escape(name.replace("_", " "))} {_number(f"{path}/{name}", value)}'
+        for name, value in entry.items()
+        if name not in ("requests", "outputs", "dead_letters", "holds")
+        and isinstance(value, (int, float)) and not isinstance(value, bool))
+    rows.append(
+        f"<tr><td>{_escape(branch)}</td><td>requests "
+        f'{_number(f"{path}/requests", entry["requests"])} = outputs '
+        f'{_number(f"{path}/outputs", entry["outputs"])} + dead letters '
+        f'{_number(f"{path}/dead_letters", entry["dead_letters"])}'
+        f'<span class="muted">{others}</span>'
+        f"</td><td>{verdict(entry['holds'])}</td></tr>")
+  return ("<h2>Checks: nothing lost</h2><table><tr><th>check</th><th>equation</th><th></th></tr>"
+          f"{''.join(rows)}</table>")
+
+
+def _samples_section(samples: dict) -> str:
+  parts = ["<h2>Sample outputs per branch</h2>",
+           '<p class="lead">The documents of each branch with the smallest hash of their id '
+           "(the same on every run), text cut short where long.</p>"]
+  for branch in _ordered(samples):
+    parts.append(f"<h3>{_escape(BRANCH_TITLES.get(branch, branch))}</h3>")
+    entries = samples[branch]
+    if not entries:
+      parts.append('<p class="muted">No documents in this branch.</p>')
+      continue
+    for sample in entries:
+      facts = [f"<b>{_escape(sample.get('id', ''))}</b>",
+               f"source {_escape(sample.get('source', ''))}",
+               f"score {_escape(sample.get('safety_score', ''))}"]
+      for name in ("style", "parent_id", "url"):
+        if sample.get(name):
+          facts.append(f"{name.replace('_', ' ')} {_escape(sample[name])}")
+      if sample.get("tag_count"):
+        facts.append(f"{_escape(sample['tag_count'])} tags")
+      text = sample.get("text", "")
+      more = int(sample.get("text_chars", len(text))) - len(text)
+      tail = f'<span class="muted"> … ({more:,} more characters)</span>' if more > 0 else ""
+      parts.append(
+          f'<article class="sample" data-branch="{_escape(branch)}">'
+          f'<header>{" · ".join(facts)}</header>'
+          f'<div class="text">{_escape(text)}{tail}</div></article>')
+  return "".join(parts)
+
+
+def _ordered(by_branch: dict) -> typing.List[str]:
+  known = [branch for branch in BRANCHES if branch in by_branch]
+  return known + sorted(branch for branch in by_branch if branch not in BRANCHES)
+
+
+def render(report: dict, samples: dict | None = None, title: str = "Data report card") -> str:
+  """The report card as one HTML page, from report.json's content and samples per branch."""
+  holds = report.get("checks_hold", False)
+  badge = (f'<span class="badge {"ok" if holds else "fail"}">'
+           f'{"every check holds" if holds else "a check FAILS"}</span>')
+  body = [
+      f"<h1>{_escape(title)}</h1>",
+      '<p class="lead">Safety Pretraining data pipeline: what happened to every document of '
+      f"this run. {badge}</p>",
+      _summary_section(report),
+      _branches_section(report),
+      _scores_section(report),
+      _tags_section(report),
+      _dead_letters_section(report),
+      _checks_section(report),
+      _samples_section(samples or {}),
+  ]
+  return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+          "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+          f"<title>{_escape(title)}</title><style>{_STYLE}</style></head>"
+          f"<body><main>{''.join(body)}</main></body></html>\n")
+
+
+def read_samples(output_dir: str) -> dict:
+  """{branch: [sample, ...]} from `{output_dir}/samples/<branch>.json` (absent files skipped)."""
+  samples = {}
+  for branch in BRANCHES:
+    path = FileSystems.join(output_dir, SAMPLES_DIR, f"{branch}.json")
+    if FileSystems.exists(path):
+      with FileSystems.open(path) as f:
+        samples[branch] = json.loads(f.read().decode("utf-8"))
+  return samples
+
+
+def write_report_card(report: dict, output_dir: str) -> str:
+  """Writes `{output_dir}/report.html` from `report` and the run's samples; returns its path."""
+  path = FileSystems.join(output_dir, REPORT_CARD)
+  page = render(report, read_samples(output_dir))
+  with FileSystems.create(path) as f:
+    f.write(page.encode("utf-8"))
+  return path
