@@ -83,8 +83,10 @@ engine-tools:
 	  apt-get update -qq && $(APT_INSTALL) default-jdk-headless maven; }
 	@command -v go >/dev/null || { echo "make engines: Go 1.21 or later is needed"; exit 1; }
 
+# The embedded default replaces its own ./output on each run; with ARGS, nothing is overwritten
+# unless ARGS says --overwrite.
 run: models
-	$(PY) -m beam_pipeline.run --runner=DirectRunner $(ARGS)
+	$(PY) -m beam_pipeline.run --runner=DirectRunner $(if $(ARGS),$(ARGS),--overwrite)
 
 test: models llama-server test-tools engines
 	$(PY) -m pytest tests -q -ra $(PYTEST_ARGS)
