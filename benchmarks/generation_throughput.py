@@ -26,7 +26,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from beam_pipeline.options import SAMPLE_INPUT  # noqa: E402
-from models.generators.backend import as_generation, chat_messages  # noqa: E402
+from models.generators.backend import as_generation, chat_messages, reply_opening  # noqa: E402
 from models.generators.prompts import KIND_REPHRASE, build_prompt, pick_style  # noqa: E402
 
 
@@ -44,8 +44,7 @@ def sample_prompts(count: int) -> list:
 def generated_tokens(tokenizer, prompts, replies) -> int:
   total = 0
   for prompt, reply in zip(prompts, replies):
-    messages = chat_messages(prompt)
-    opening = messages[-1]["content"] if messages[-1]["role"] == "assistant" else ""
+    opening = reply_opening(chat_messages(prompt))
     body = reply[len(opening):] if opening and reply.startswith(opening) else reply
     total += len(tokenizer(body, add_special_tokens=False).input_ids)
   return total

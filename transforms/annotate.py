@@ -18,17 +18,17 @@ import re
 import typing
 
 import apache_beam as beam
-from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
+from apache_beam.ml.inference.base import ModelHandler
 
-from models.generators.backend import RetryingGenerator, as_generation
+from models.generators.backend import Generation, with_retries
 from models.generators.prompts import KIND_JUDGE, build_prompt
-from transforms.deadletter import DEAD_LETTER, DOCUMENTS, RecordStep, Reject, count
-from transforms.deadletter import failed_batch_dead_letters
-from transforms.documents import DeadLetter, Document
+from transforms.deadletter import count
+from transforms.documents import Document
+from transforms.generation import ParseReply, generate_keyed
+from transforms.report import dead_letters_by_stage, read_counts
 
 STAGE_ANNOTATE = "annotate"
 INVALID_JUDGEMENT = "invalid_judgement"
-GENERATION_ERROR = "generation_error"
 MAX_REASON_CHARS = 500
 
 _DECODER = json.JSONDecoder(strict=False)  # a raw newline inside a reason is tolerated
@@ -85,29 +85,21 @@ class _BuildJudgePrompt(beam.DoFn):
     yield document, build_prompt(KIND_JUDGE, document.text)
 
 
-class ParseJudgement(RecordStep):
+class ParseJudgement(ParseReply):
   """(document, judge result) -> a labelled JSONL row, or a dead letter carrying the document."""
 
   stage = STAGE_ANNOTATE
+  reply_rejections = frozenset({INVALID_JUDGEMENT})
 
   def __init__(self, judge_name: str):
     super().__init__()
     self._judge_name = judge_name
 
-  def dead_letter_subject(self, record):
-    return record[0]
-
-  def apply(self, record):
-    document, result = record
-    generation = as_generation(getattr(result, "inference", result))
-    if generation.error and generation.error != INVALID_JUDGEMENT:
-      raise Reject(generation.error, attempts=generation.attempts, error=generation.detail,
-                   reply=generation.text[:500])
+  def parse(self, document: Document, generation: Generation):
     try:
       judgement = parse_judgement(generation.text)
     except ValueError as error:
-      raise Reject(INVALID_JUDGEMENT, attempts=generation.attempts, error=str(error),
-                   reply=generation.text[:500]) from None
+      raise self.reject(INVALID_JUDGEMENT, document, generation, error=str(error)) from None
     count(STAGE_ANNOTATE, f"score_{judgement.score}")
     yield json.dumps({
         "id": document.id,
@@ -131,42 +123,23 @@ class Annotate(beam.PTransform):
   def __init__(self, handler: ModelHandler, judge_name: str, max_attempts: int = 3,
                backoff_s: float = 1.0, max_backoff_s: float = 30.0):
     super().__init__()
-    if not isinstance(handler, RetryingGenerator):
-      handler = RetryingGenerator(
-          handler, check_judgement, max_attempts=max_attempts, backoff_s=backoff_s,
-          max_backoff_s=max_backoff_s, stage=STAGE_ANNOTATE)
-    self._handler = handler
+    self._handler = with_retries(
+        handler, check_judgement, STAGE_ANNOTATE, max_attempts=max_attempts,
+        backoff_s=backoff_s, max_backoff_s=max_backoff_s)
     self._judge_name = judge_name
 
   def expand(self, documents):
-    judged, failures = (
-        documents
-        | "BuildPrompt" >> beam.ParDo(_BuildJudgePrompt())
-        | "Judge" >> RunInference(KeyedModelHandler(self._handler)).with_exception_handling())
-    parsed = judged | "Parse" >> beam.ParDo(ParseJudgement(self._judge_name)).with_output_types(
-        str, **{DEAD_LETTER: DeadLetter}).with_outputs(DEAD_LETTER, main=DOCUMENTS)
-    failed = failures.failed_inferences | "FailedBatches" >> beam.FlatMap(
-        failed_batch_dead_letters, STAGE_ANNOTATE, GENERATION_ERROR).with_output_types(DeadLetter)
-    return {
-        DOCUMENTS: parsed[DOCUMENTS],
-        DEAD_LETTER: (parsed[DEAD_LETTER], failed) | "DeadLetters" >> beam.Flatten(),
-    }
+    requests = documents | "BuildPrompt" >> beam.ParDo(_BuildJudgePrompt())
+    return generate_keyed(requests, self._handler, ParseJudgement(self._judge_name), str)
 
 
 
 def build_annotate_report(counters: dict[str, int]) -> dict:
   """report.json of an annotate run: labels per score, dead letters, and the check that every
   document read is labelled or dead-lettered."""
-  from transforms.documents import STAGE_READ, STAGE_VALIDATE
   get = lambda name: int(counters.get(name, 0))
-  dead_letters: dict[str, dict[str, int]] = {}
-  for name, value in sorted(counters.items()):
-    stage, marker, reason = name.partition(".dead_letter.")
-    if marker and value:
-      dead_letters.setdefault(stage, {})[reason] = value
-  dead_in = lambda stage: sum(dead_letters.get(stage, {}).values())
-  valid = sum(v for k, v in counters.items() if k.startswith(f"{STAGE_READ}.documents."))
-  documents_read = valid + dead_in(STAGE_READ) + dead_in(STAGE_VALIDATE)
+  dead_letters = dead_letters_by_stage(counters)
+  valid, documents_read = read_counts(counters, dead_letters)
   labelled = get("write.labels")
   dead_total = sum(sum(reasons.values()) for reasons in dead_letters.values())
   check = {

@@ -20,14 +20,16 @@ DEAD_LETTER = "dead_letter"
 METRICS_NAMESPACE = "safety_pretraining"
 
 
-def apply_step(records, label: str, dofn: beam.DoFn):
-  """Applies a step's DoFn; its outputs are DOCUMENTS (Documents) and DEAD_LETTER (DeadLetters).
+def apply_step(records, label: str, dofn: beam.DoFn, output_type: typing.Any = None):
+  """Applies a step's DoFn; its outputs are DOCUMENTS (`output_type`, by default Documents) and
+  DEAD_LETTER (DeadLetters).
 
-  Both outputs are typed, so they travel with the deterministic RowCoder.
+  Both outputs are typed, so they travel with a deterministic coder (the RowCoder for records).
   """
   from transforms.documents import DeadLetter, Document  # documents.py builds on this module
   return records | label >> beam.ParDo(dofn).with_output_types(
-      Document, **{DEAD_LETTER: DeadLetter}).with_outputs(DEAD_LETTER, main=DOCUMENTS)
+      output_type or Document, **{DEAD_LETTER: DeadLetter}).with_outputs(
+          DEAD_LETTER, main=DOCUMENTS)
 
 
 class Reject(Exception):

@@ -16,7 +16,8 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler
 from apache_beam.ml.inference.base import RunInference
 
-from models.generators.backend import EMPTY_GENERATION, RetryingGenerator, as_generation
+from models.generators.backend import EMPTY_GENERATION, Generation, RetryingGenerator
+from models.generators.backend import as_generation, with_retries
 from models.generators.prompts import KIND_MORAL_EDUCATION, KIND_REFUSEWEB, KIND_REPHRASE
 from models.generators.prompts import QUOTE_BEGIN, QUOTE_END
 from models.generators.prompts import build_prompt, pick_style, seeded_index
@@ -179,14 +180,66 @@ def check_reply(kind: str, text: str) -> str | None:
   return None
 
 
-class ParseGeneration(RecordStep):
+class ParseReply(RecordStep):
+  """Base of the steps after a generator: (source document, backend result) -> outputs.
+
+  A result whose generation failed (after its retries) becomes a dead letter; so does a reply
+  that `parse` rejects (`self.reject`). Every dead letter carries the source document, so it
+  can be run again, with the reason, the attempt count and the rejected reply in its detail.
+  `reply_rejections` are the reasons of the subclass's own check of the text, which `parse`
+  gives again from the text itself.
+  """
+
+  reply_rejections: frozenset = frozenset()
+
+  def dead_letter_subject(self, record):
+    return record[0]
+
+  def rejection_detail(self, document: Document) -> dict:
+    """Detail every dead letter of this step carries (beside attempts and the reply)."""
+    return {}
+
+  def reject(self, reason: str, document: Document, generation: Generation, **detail) -> Reject:
+    return Reject(reason, **self.rejection_detail(document), attempts=generation.attempts,
+                  reply=generation.text[:500], **detail)
+
+  def parse(self, document: Document, generation: Generation) -> typing.Iterable:
+    raise NotImplementedError
+
+  def apply(self, record: tuple[Document, typing.Any]):
+    document, result = record
+    generation = as_generation(getattr(result, "inference", result))
+    if generation.error and generation.error not in self.reply_rejections:
+      raise self.reject(generation.error, document, generation, error=generation.detail)
+    yield from self.parse(document, generation)
+
+
+def generate_keyed(requests, handler: ModelHandler, parse: ParseReply, output_type=None):
+  """(source document, chat prompt) pairs -> RunInference with `handler` -> `parse`.
+
+  Returns a dict: DOCUMENTS (`parse`'s outputs, typed `output_type`, by default Documents) and
+  DEAD_LETTER: every request ends in exactly one of them; a batch the backend failed as a whole
+  becomes `generation_error` dead letters of `parse`'s stage.
+  """
+  generated, failures = requests | "Generate" >> RunInference(
+      KeyedModelHandler(handler)).with_exception_handling()
+  parsed = apply_step(generated, "Parse", parse, output_type)
+  failed = failures.failed_inferences | "FailedBatches" >> beam.FlatMap(
+      failed_batch_dead_letters, parse.stage, GENERATION_ERROR).with_output_types(DeadLetter)
+  return {
+      DOCUMENTS: parsed[DOCUMENTS],
+      DEAD_LETTER: (parsed[DEAD_LETTER], failed) | "DeadLetters" >> beam.Flatten(),
+  }
+
+
+class ParseGeneration(ParseReply):
   """(source document, generator result) -> the generated document, or a dead letter.
 
-  A result whose generation failed (after its retries) or whose reply `check_reply` rejects
-  becomes a dead letter that carries the source document, so it can be run again, with the
-  reason, the attempt count and the rejected reply in its detail. RefuseWeb replies are
-  normalised into a dialogue with seeded speaker names.
+  Rejects what `check_reply` rejects; RefuseWeb replies are normalised into a dialogue with
+  seeded speaker names.
   """
+
+  reply_rejections = REPLY_REJECTIONS
 
   def __init__(self, kind: str, seed: int = 0):
     super().__init__()
@@ -194,21 +247,15 @@ class ParseGeneration(RecordStep):
     self._kind = kind
     self._seed = seed
 
-  def dead_letter_subject(self, record):
-    return record[0]
+  def rejection_detail(self, document: Document) -> dict:
+    return {"output_id": f"{document.id}/{_BRANCHES[self._kind].output_stage}"}
 
-  def apply(self, record: tuple[Document, typing.Any]):
-    parent, result = record
-    generation = as_generation(getattr(result, "inference", result))
-    output_id = f"{parent.id}/{_BRANCHES[self._kind].output_stage}"
-    if generation.error and generation.error not in REPLY_REJECTIONS:
-      raise Reject(generation.error, output_id=output_id, attempts=generation.attempts,
-                   error=generation.detail, reply=generation.text[:500])
+  def parse(self, document: Document, generation: Generation):
+    parent = document
     text = _without_quote_markers(generation.text)
     reason = check_reply(self._kind, text)
     if reason:
-      raise Reject(reason, output_id=output_id, attempts=generation.attempts,
-                   reply=generation.text[:500])
+      raise self.reject(reason, parent, generation)
     document = _generated_document(parent, text, self._kind, self._seed)
     if self._kind == KIND_REFUSEWEB:
       speakers = pick_speakers(parent.id, self._seed)
@@ -238,11 +285,9 @@ class GenerateFrom(beam.PTransform):
     self.kind = kind or self.kind
     if self.kind not in _BRANCHES:
       raise ValueError(f"Unknown generation kind {self.kind!r}; expected one of {list(_BRANCHES)}.")
-    if not isinstance(handler, RetryingGenerator):
-      handler = RetryingGenerator(
-          handler, functools.partial(check_reply, self.kind), max_attempts=max_attempts,
-          backoff_s=backoff_s, max_backoff_s=max_backoff_s, stage=_BRANCHES[self.kind].stage)
-    self._handler = handler
+    self._handler = with_retries(
+        handler, functools.partial(check_reply, self.kind), _BRANCHES[self.kind].stage,
+        max_attempts=max_attempts, backoff_s=backoff_s, max_backoff_s=max_backoff_s)
     self._seed = seed
 
   @property
@@ -250,19 +295,8 @@ class GenerateFrom(beam.PTransform):
     return self._handler
 
   def expand(self, documents):
-    stage = _BRANCHES[self.kind].stage
-    generated, failures = (
-        documents
-        | "BuildPrompt" >> beam.ParDo(_BuildPrompt(self.kind, self._seed))
-        | "Generate" >> RunInference(KeyedModelHandler(self._handler))
-        .with_exception_handling())
-    parsed = apply_step(generated, "Parse", ParseGeneration(self.kind, self._seed))
-    failed = failures.failed_inferences | "FailedBatches" >> beam.FlatMap(
-        failed_batch_dead_letters, stage, GENERATION_ERROR).with_output_types(DeadLetter)
-    return {
-        DOCUMENTS: parsed[DOCUMENTS],
-        DEAD_LETTER: (parsed[DEAD_LETTER], failed) | "DeadLetters" >> beam.Flatten(),
-    }
+    requests = documents | "BuildPrompt" >> beam.ParDo(_BuildPrompt(self.kind, self._seed))
+    return generate_keyed(requests, self._handler, ParseGeneration(self.kind, self._seed))
 
 
 class Rephrase(GenerateFrom):

@@ -42,9 +42,8 @@ def counters_from(result) -> dict[str, int]:
   return dict(counters)
 
 
-def build_report(counters: dict[str, int]) -> dict:
-  """report.json's content from the counters."""
-  get = lambda name: int(counters.get(name, 0))
+def dead_letters_by_stage(counters: dict[str, int]) -> dict[str, dict[str, int]]:
+  """{stage: {reason: count}} from the `<stage>.dead_letter.<reason>` counters, sorted."""
   dead_letters: dict[str, dict[str, int]] = collections.defaultdict(dict)
   for name, value in counters.items():
     if name.startswith((_CARD_PREFIX, _PROGRESS_PREFIX)):  # a source name may hold anything
@@ -52,10 +51,23 @@ def build_report(counters: dict[str, int]) -> dict:
     stage, marker, reason = name.partition(".dead_letter.")
     if marker and value:
       dead_letters[stage][reason] = value
-  dead_in = lambda stage: sum(dead_letters.get(stage, {}).values())
+  return {stage: dict(sorted(r.items())) for stage, r in sorted(dead_letters.items())}
 
+
+def read_counts(counters: dict[str, int], dead_letters: dict[str, dict[str, int]]):
+  """(valid documents, documents read): the valid ones plus the read and validate dead letters."""
   valid = sum(v for k, v in counters.items() if k.startswith(f"{STAGE_READ}.documents."))
-  documents_read = valid + dead_in(STAGE_READ) + dead_in(STAGE_VALIDATE)
+  unusable = sum(
+      sum(dead_letters.get(stage, {}).values()) for stage in (STAGE_READ, STAGE_VALIDATE))
+  return valid, valid + unusable
+
+
+def build_report(counters: dict[str, int]) -> dict:
+  """report.json's content from the counters."""
+  get = lambda name: int(counters.get(name, 0))
+  dead_letters = dead_letters_by_stage(counters)
+  dead_in = lambda stage: sum(dead_letters.get(stage, {}).values())
+  valid, documents_read = read_counts(counters, dead_letters)
   per_branch = {branch: get(f"write.{branch}") for branch in BRANCHES}
   dead_before_output = sum(dead_in(stage) for stage in BEFORE_OUTPUT_STAGES)
   originals = {
@@ -82,7 +94,7 @@ def build_report(counters: dict[str, int]) -> dict:
       "per_score": {str(score): get(f"{STAGE_SCORE}.score_{score}") for score in range(6)},
       "documents_scored": get(f"{_PROGRESS_PREFIX}documents_scored"),
       "per_branch": per_branch,
-      "dead_letters": {stage: dict(sorted(r.items())) for stage, r in sorted(dead_letters.items())},
+      "dead_letters": dead_letters,
       "dead_letters_total": sum(sum(r.values()) for r in dead_letters.values()),
       "dead_letters_written": get("write.dead_letter"),
       "tags_inserted": get(f"{STAGE_TAG}.tags_inserted"),

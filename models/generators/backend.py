@@ -40,6 +40,8 @@ EMPTY_GENERATION = "empty_generation"
 TRANSPORT_ERRORS = frozenset({TIMEOUT, HTTP_ERROR, CONNECTION_ERROR})
 
 METRICS_NAMESPACE = "safety_pretraining"
+# The inference argument that numbers a call's attempt (1, 2, ...); see `split_attempt`.
+ATTEMPT = "attempt"
 
 _LOG = logging.getLogger(__name__)
 
@@ -65,12 +67,25 @@ def chat_messages(prompt: Prompt) -> list[dict[str, str]]:
   ]
 
 
-def prompt_seed(prompt: Prompt) -> int:
-  """A sampling seed fixed by the prompt's text, so sampled outputs are reproducible."""
+def reply_opening(messages: Sequence[Mapping[str, str]]) -> str:
+  """The opening of the reply that a prompt's final assistant message prescribes, or ""."""
+  return messages[-1]["content"] if messages and messages[-1]["role"] == "assistant" else ""
+
+
+def prompt_seed(prompt: Prompt, attempt: int = 1, bits: int = 63) -> int:
+  """A sampling seed fixed by the prompt's text and the attempt, so sampled outputs (retries
+  included) are reproducible; `bits` wide (servers take 31-bit seeds)."""
   digest = hashlib.sha256()
   for message in chat_messages(prompt):
     digest.update(f"{message['role']}\0{message['content']}\0".encode("utf-8"))
-  return int.from_bytes(digest.digest()[:8], "big") & 0x7FFFFFFFFFFFFFFF
+  return (int.from_bytes(digest.digest()[:8], "big") + attempt - 1) % (2 ** bits)
+
+
+def split_attempt(
+    inference_args: dict[str, typing.Any] | None) -> tuple[int, dict[str, typing.Any]]:
+  """(the attempt RetryingGenerator numbered this call, the other inference args)."""
+  args = dict(inference_args or {})
+  return int(args.pop(ATTEMPT, 1)), args
 
 
 def as_generation(inference: typing.Any) -> Generation:
@@ -114,6 +129,14 @@ class ChatBackend(ModelHandler[Prompt, typing.Any, typing.Any]):
     return {"min_batch_size": 1, "max_batch_size": self.max_batch_size}
 
 
+def with_retries(backend: ModelHandler, check: "Check | None", stage: str,
+                 **settings: typing.Any) -> "RetryingGenerator":
+  """`backend` wrapped in a RetryingGenerator with `check` (a RetryingGenerator as it is)."""
+  if isinstance(backend, RetryingGenerator):
+    return backend
+  return RetryingGenerator(backend, check, stage=stage, **settings)
+
+
 class RetryingGenerator(ModelHandler[typing.Any, Generation, typing.Any]):
   """Any generation backend, with replies checked and failed prompts retried a bounded number
   of times. Everything else (model loading, batching, metrics namespace) is the backend's."""
@@ -151,7 +174,7 @@ class RetryingGenerator(ModelHandler[typing.Any, Generation, typing.Any]):
     outcomes: list[Generation | None] = [None] * len(batch)
     pending = list(range(len(batch)))
     for attempt in range(1, self._max_attempts + 1):
-      args = dict(inference_args or {}, attempt=attempt)
+      args = dict(inference_args or {}, **{ATTEMPT: attempt})
       results = list(self._backend.run_inference([batch[i] for i in pending], model, args))
       if len(results) != len(pending):
         raise RuntimeError(

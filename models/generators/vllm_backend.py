@@ -16,8 +16,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from models.generators.backend import (
-    CONNECTION_ERROR, ChatBackend, Generation, Prompt, attempt_temperature, chat_messages)
-from models.generators.openai_endpoint import completion_generation
+    CONNECTION_ERROR, ChatBackend, Generation, Prompt, attempt_temperature, chat_messages,
+    reply_opening, split_attempt)
+from models.generators.openai_endpoint import CONTINUE_FINAL_MESSAGE, completion_generation
 
 
 def parse_server_args(pairs: Sequence[str]) -> dict[str, str | None]:
@@ -76,7 +77,7 @@ class VllmGeneratorHandler(ChatBackend):
     if temperature > 0:
       args.update(top_p=self._top_p, seed=self._seed + attempt - 1)
     if continues:
-      args["extra_body"] = {"continue_final_message": True, "add_generation_prompt": False}
+      args["extra_body"] = dict(CONTINUE_FINAL_MESSAGE)
     return args
 
   def run_inference(
@@ -86,10 +87,9 @@ class VllmGeneratorHandler(ChatBackend):
       inference_args: dict[str, typing.Any] | None = None) -> Iterable[PredictionResult]:
     from apache_beam.ml.inference.vllm_inference import OpenAIChatMessage
 
-    args = dict(inference_args or {})
-    attempt = int(args.pop("attempt", 1))
+    attempt, args = split_attempt(inference_args)
     messages = [chat_messages(prompt) for prompt in batch]
-    openings = [m[-1]["content"] if m and m[-1]["role"] == "assistant" else "" for m in messages]
+    openings = [reply_opening(m) for m in messages]
     outcomes: list[Generation] = [Generation("")] * len(batch)
     for continues in (False, True):
       indices = [i for i, opening in enumerate(openings) if bool(opening) == continues]
