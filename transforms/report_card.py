@@ -86,6 +86,11 @@ def _bar(value: int, largest: int) -> str:
           "</div>")
 
 
+def _count_cells(path: str, value: int, largest: int) -> str:
+  """A table row's count cell (the figure at `path` of report.json) and its bar."""
+  return f'<td class="num">{_number(path, value)}</td><td class="bar">{_bar(value, largest)}</td>'
+
+
 def _score_stack(by_score: dict) -> str:
   total = sum(by_score.values())
   parts = []
@@ -132,8 +137,7 @@ def _branches_section(report: dict) -> str:
   largest = max(per_branch.values(), default=0)
   rows = "".join(
       f"<tr><td>{_escape(BRANCH_TITLES.get(branch, branch))}</td>"
-      f'<td class="num">{_number(f"per_branch/{branch}", per_branch[branch])}</td>'
-      f'<td class="bar">{_bar(per_branch[branch], largest)}</td></tr>'
+      f'{_count_cells(f"per_branch/{branch}", per_branch[branch], largest)}</tr>'
       for branch in _ordered(per_branch))
   return ("<h2>Where the documents went</h2>"
           '<table><tr><th>branch</th><th class="num">documents</th><th></th></tr>'
@@ -146,8 +150,7 @@ def _scores_section(report: dict) -> str:
   rows = "".join(
       f'<tr><td><i class="swatch" style="background:{SCORE_COLOURS[int(score)]}"></i>'
       f"{_escape(score)} {SCORE_MEANINGS[int(score)]}</td>"
-      f'<td class="num">{_number(f"per_score/{score}", n)}</td>'
-      f'<td class="bar">{_bar(n, largest)}</td></tr>'
+      f'{_count_cells(f"per_score/{score}", n, largest)}</tr>'
       for score, n in sorted(per_score.items(), key=lambda item: int(item[0])))
   parts = ["<h2>Safety scores of the originals</h2>",
            '<p class="lead">Every valid document scored 0 (safe) to 5 (highly unsafe) by the '
@@ -220,8 +223,7 @@ def _dead_letters_section(report: dict) -> str:
   largest = max(n for _, _, n in entries)
   rows = "".join(
       f"<tr><td>{_escape(stage)}</td><td>{_escape(reason)}</td>"
-      f'<td class="num">{_number(f"dead_letters/{stage}/{reason}", n)}</td>'
-      f'<td class="bar">{_bar(n, largest)}</td></tr>'
+      f'{_count_cells(f"dead_letters/{stage}/{reason}", n, largest)}</tr>'
       for stage, reason, n in sorted(entries, key=lambda entry: (-entry[2], entry[0], entry[1])))
   parts.append('<table><tr><th>stage</th><th>reason</th><th class="num">records</th><th></th>'
                f"</tr>{rows}</table>")

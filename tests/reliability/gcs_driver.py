@@ -29,6 +29,8 @@ import sys
 import threading
 import time
 
+from tests.reliability.conftest import output_tree
+
 BUCKET = "safety-pretraining-test"
 PROJECT = "emulated-project"
 
@@ -158,12 +160,7 @@ def _exercise(workdir: str) -> dict:
   gs_files = {}
   for blob in client.list_blobs(BUCKET, prefix="out/"):
     gs_files[blob.name[len("out/"):]] = blob.download_as_bytes()
-  local_files = {}
-  for root, _, names in os.walk(local_output):
-    for name in names:
-      path = os.path.join(root, name)
-      with open(path, "rb") as f:
-        local_files[os.path.relpath(path, local_output)] = f.read()
+  local_files = output_tree(local_output)
   model_copies = [name for name in os.listdir(os.environ.get("TMPDIR", "/tmp"))
                   if name.startswith("safety-classifier-")]
   return {
