@@ -78,8 +78,9 @@ def test_training_on_a_fixture_beats_chance(tmp_path):
 
 
 def test_committed_weights_are_small():
+  """Only the adapters and the head are committed (1.3 MB + 1.2 MB), never the encoder."""
   for name in os.listdir(model.WEIGHTS_DIR):
-    assert os.path.getsize(os.path.join(model.WEIGHTS_DIR, name)) < 2 * 1024 * 1024, name
+    assert os.path.getsize(os.path.join(model.WEIGHTS_DIR, name)) < 4 * 1024 * 1024, name
 
 
 def test_onnx_matches_pytorch_on_real_text(shipped):
@@ -152,10 +153,35 @@ def test_evaluate_reports_every_figure(tmp_path, shipped):
   result = evaluate.evaluate(data.read_labels(str(labels)), shipped["int8"], 256, 32)
   expected = {"n", "n_score0", "macro_f1", "recall_at_1", "precision_at_1", "recall_at_3",
               "precision_at_3", "auroc", "auprc", "fpr_score0"}
-  assert set(result) == {"overall", "by_source"}
+  assert set(result) == {"overall", "by_source", "by_threshold", "calibration", "by_kind"}
   assert set(result["overall"]) == expected
   assert set(result["by_source"]["fixture"]) == expected
   assert result["overall"]["auroc"] > 0.9
+  # thresholds: "predicted >= t" against "label >= t"; the fixture's unsafe texts are all 4
+  assert set(result["by_threshold"]) == {"1", "2", "3", "4", "5"}
+  assert result["by_threshold"]["5"]["n_positive"] == 0
+  assert result["by_threshold"]["5"]["recall"] is None
+  assert result["by_threshold"]["3"]["n_positive"] == 40
+  calibration = result["calibration"]
+  assert sum(row["n"] for row in calibration["bins"]) == 80 and 0 <= calibration["ece"] <= 1
+
+
+def test_threshold_calibration_and_kind_tables_count_right():
+  labels = np.array([0, 0, 3, 4, 5, 1])
+  predicted = np.array([0, 3, 3, 2, 5, 1])
+  rows = evaluate.by_threshold(labels, predicted)
+  assert rows["3"]["precision"] == pytest.approx(2 / 3) and rows["3"]["recall"] == pytest.approx(2 / 3)
+  assert rows["5"]["precision"] == 1.0 and rows["1"]["flagged"] == pytest.approx(5 / 6)
+  table = evaluate.calibration(np.array([0, 3, 0, 4]), np.array([0.05, 0.95, 0.15, 0.85]))
+  assert [b["n"] for b in table["bins"]] == [1, 1, 1, 1]
+  assert table["ece"] == pytest.approx((0.05 + 0.05 + 0.15 + 0.15) / 4)
+  examples = [data.Example(str(i), "t", int(s), "x", c) for i, (s, c) in enumerate(
+      [(3, "self_harm_suicide"), (3, "eating_disorder"), (4, "sexual_fiction"),
+       (4, "hate:bisexual"), (0, "self_harm_suicide")])]
+  kinds = evaluate.by_kind(examples, np.array([e.score for e in examples]),
+                           np.array([3, 1, 4, 4, 0]))
+  assert kinds["self_harm"] == {"n_unsafe": 2, "recall_at_3": 0.5, "recall_at_4": 0.0}
+  assert kinds["sexual"]["n_unsafe"] == 1 and kinds["hate"]["n_unsafe"] == 1
 
 
 def test_handler_scores_documents_inside_beam(shipped):
@@ -172,3 +198,106 @@ def test_handler_scores_documents_inside_beam(shipped):
 
 def _check(scores):
   assert len(scores) == 2 and scores[0] == 0 and scores[1] >= 3, scores
+
+
+def _tiny_checkpoint(folder, num_labels=6):
+  """A small BERT sequence classifier of the standard architecture, saved as a checkpoint,
+  with the encoder package's fast tokenizer (same vocabulary)."""
+  import shutil
+  from transformers import BertConfig, BertForSequenceClassification
+  torch.manual_seed(7)
+  config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2,
+                      num_attention_heads=2, intermediate_size=64, num_labels=num_labels)
+  BertForSequenceClassification(config).eval().save_pretrained(folder)
+  shutil.copyfile(os.path.join(chunking.encoder_dir(), "tokenizer.json"),
+                  os.path.join(folder, "tokenizer.json"))
+  return folder
+
+
+def test_any_hf_checkpoint_exports_to_the_same_contract(tmp_path):
+  from transformers import AutoModelForSequenceClassification
+  checkpoint = _tiny_checkpoint(str(tmp_path / "checkpoint"))
+  out = tmp_path / "onnx"
+  export.main(["--hf_model", checkpoint, "--output_dir", str(out)])
+  assert {"model.onnx", "model.int8.onnx", "tokenizer.json"} <= set(os.listdir(out))
+  reference_model = AutoModelForSequenceClassification.from_pretrained(checkpoint).eval()
+  windower = chunking.Windower(tokenizer_path=str(out))
+  windows = [w for text in REAL_TEXTS for w in windower.windows([text])[0]]
+  ids, mask = model.pad_batch(windows)
+  with torch.no_grad():
+    reference = torch.softmax(reference_model(input_ids=ids, attention_mask=mask).logits, -1)
+  fp32 = run_windows(make_session(str(out / "model.onnx")), windows)
+  assert fp32.shape == (len(windows), 6)
+  assert np.abs(fp32 - reference.numpy()).max() < 1e-4
+  # the pipeline's handler takes the exported file as it takes the shipped one
+  examples = [windower.windows([t])[0] for t in REAL_TEXTS[:3]]
+  with TestPipeline() as p:
+    shapes = (p | beam.Create(examples)
+              | RunInference(OnnxSafetyModelHandler(str(out / "model.int8.onnx")))
+              | beam.Map(lambda r: (r.inference.shape[1], round(float(r.inference.sum()))
+                                    // r.inference.shape[0])))
+    assert_that(shapes, equal_to([(6, 1)] * 3))
+
+
+def test_a_checkpoint_without_six_labels_is_refused(tmp_path):
+  checkpoint = _tiny_checkpoint(str(tmp_path / "checkpoint"), num_labels=2)
+  with pytest.raises(SystemExit, match="6"):
+    export.main(["--hf_model", checkpoint, "--output_dir", str(tmp_path / "onnx")])
+
+
+def test_a_head_on_cached_features_of_layers_4_to_6(tmp_path):
+  labels = tmp_path / "labels.jsonl"
+  rows = _fixture_labels(labels)
+  out = tmp_path / "head"
+  config = train.train(train.build_parser().parse_args([
+      "--labels", str(labels), "--output_dir", str(out), "--frozen", "--feature_layers",
+      "4,5,6", "--head_hidden", "16", "--head_epochs", "30", "--head_lr", "1e-2",
+      "--source_weight", "fix*=2", "--adapters", model.WEIGHTS_FILE]))
+  assert config["feature_layers"] == [4, 5, 6] and config["head_hidden"] == 16
+  assert config["source_weight"] == ["fix*=2"] and config["adapters"]
+  classifier = model.load_classifier(str(out / "classifier.safetensors"),
+                                     str(out / "classifier.json"))
+  assert classifier.feature_layers == (4, 5, 6) and classifier.feature_size == 3 * 384
+  windows = [w[0] for w in chunking.Windower().windows([r["text"] for r in rows])]
+  ids, mask = model.pad_batch(windows)
+  with torch.no_grad():
+    predicted = classifier(ids, mask).argmax(-1).numpy()
+  assert (predicted == np.array([r["score_0_5"] for r in rows])).mean() > 0.9
+  # the exported graph computes the same features and head as PyTorch
+  paths = export.export(str(out / "classifier.safetensors"), str(out / "classifier.json"),
+                        str(tmp_path / "onnx"))
+  with torch.no_grad():
+    reference = torch.softmax(classifier(ids, mask), -1).numpy()
+  assert np.abs(run_windows(make_session(paths["fp32"]), windows) - reference).max() < 1e-4
+
+
+def test_source_weights_balance_sources_and_boost_globs():
+  examples = [data.Example(str(i), "t", 0, s) for i, s in enumerate(["big"] * 9 + ["page_a"])]
+  even = train.text_weights(examples, 0.0)
+  assert even == pytest.approx(np.ones(10))
+  balanced = train.text_weights(examples, 1.0)
+  assert balanced[:9].sum() == pytest.approx(balanced[9])  # each source weighs the same
+  boosted = train.text_weights(examples, 0.0, ["page_*=3"])
+  assert boosted[9] == pytest.approx(3 * boosted[0]) and boosted.mean() == pytest.approx(1.0)
+  with pytest.raises(ValueError):
+    train.text_weights(examples, 0.0, ["page_*"])
+
+
+def test_leave_one_source_out_reports_every_held_out_source(tmp_path, capsys):
+  from models.classifier import loso
+  rows = []
+  for number in range(60):
+    for templates, score in ((SAFE, 0), (UNSAFE, 4)):
+      source = "forum" if number % 2 else "news"
+      rows.append({"id": f"{source}:{number}:{score}", "source": source, "score_0_5": score,
+                   "text": templates[number % 4].format(number + 2)})
+  labels = tmp_path / "labels.jsonl"
+  labels.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  loso.main(["--labels", str(labels), "--min_rows", "10", "--head_epochs", "20",
+             "--head_lr", "1e-2", "--json"])
+  summary = json.loads(capsys.readouterr().out)
+  assert summary["held_out"] == ["forum", "news"]
+  assert set(summary["by_source"]) == {"forum", "news"}
+  assert summary["by_source"]["news"]["n"] == 60
+  assert summary["worst_auroc"] == min(r["auroc"] for r in summary["by_source"].values())
+  assert summary["mean_auroc"] > 0.9

@@ -46,8 +46,13 @@ class Windower:
     self.overlap = overlap
     self.tokenizer_path = tokenizer_path
     tokenizer = load_tokenizer(tokenizer_path)
-    self.cls_id = tokenizer.token_to_id("[CLS]")
-    self.sep_id = tokenizer.token_to_id("[SEP]")
+    # BERT-family vocabularies frame a sequence with [CLS] ... [SEP], RoBERTa/MPNet with <s> ... </s>
+    for first, last in (("[CLS]", "[SEP]"), ("<s>", "</s>")):
+      self.cls_id, self.sep_id = tokenizer.token_to_id(first), tokenizer.token_to_id(last)
+      if self.cls_id is not None and self.sep_id is not None:
+        break
+    else:
+      raise ValueError("the tokenizer has neither [CLS]/[SEP] nor <s>/</s> tokens")
 
   def content_ids(self, texts: typing.Sequence[str]) -> list[list[int]]:
     """Token ids of each text without special tokens."""

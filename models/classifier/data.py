@@ -7,7 +7,8 @@ import hashlib
 import json
 import typing
 
-DEFAULT_LABELS = "../shared/data/safety_labels.jsonl"
+# The three labelled files of ../shared/data (the first, EXTRA.md's and EXTRA2.md's), by glob.
+DEFAULT_LABELS = "../shared/data/safety_labels*.jsonl"
 DEV_PERCENT = 10
 
 
@@ -17,6 +18,7 @@ class Example:
   text: str
   score: int
   source: str
+  category: str = ""
 
 
 def is_dev(example_id: str, percent: int = DEV_PERCENT) -> bool:
@@ -63,7 +65,7 @@ def read_labels(pattern: str) -> list[Example]:
           raise ValueError(f"{path}:{index + 1}: score_0_5 must be 0-5, got {score}")
         examples.append(Example(
             id=str(row.get("id", f"{index}")), text=str(row["text"]), score=score,
-            source=str(row.get("source", "unknown"))))
+            source=str(row.get("source", "unknown")), category=str(row.get("category", ""))))
   return examples
 
 

@@ -13,6 +13,18 @@ pipeline does (windows, maximum over windows) and prints, overall and per source
 - fpr_score0: the share of score-0 texts predicted >= 1, i.e. safe texts the pipeline would
   rewrite or tag.
 A figure that a group cannot define (no positives, say) is null.
+
+Beside those keys, `--json` always carries:
+- by_threshold: for each threshold t = 1..5, precision and recall of "predicted >= t" against
+  "label >= t", and the share of texts flagged (the public audit of the paper's classifier
+  found precision 2.7% at score 5: this is where to see ours);
+- calibration: texts binned by P(score >= 3) of their deciding window, each bin's mean
+  predicted probability against its observed share of unsafe labels, and the expected
+  calibration error (the bin-size-weighted mean gap);
+- by_kind: for each kind of unsafe content (hate, self_harm, sexual, harmful_instructions,
+  violence, and toxicity: insults and profanity; from each row's `category`), the number of unsafe (>= 3) texts and the
+  share of them predicted >= 3 and >= 4. `--by_threshold`, `--calibration` and `--by_kind`
+  print these as tables.
 """
 
 from __future__ import annotations
@@ -20,6 +32,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import re
 import sys
 
 import numpy as np
@@ -70,9 +83,76 @@ def figures(labels: np.ndarray, predicted: np.ndarray, unsafe_prob: np.ndarray) 
   return result
 
 
+# Kinds of unsafe content, by the label families (`category`) of the labelled data's sources.
+KINDS = {  # the first pattern that matches decides
+    "hate": re.compile(r"hate|stereotype|harassment|discriminat|representational"),
+    "self_harm": re.compile(r"self_harm|suicide|eating_disorder"),
+    "sexual": re.compile(r"(^|[^i])sexual|lewd|erotic|porn"),
+    "harmful_instructions": re.compile(
+        r"harmful_(request|instruction)|malicious|illegal|cybercrime|chemical|exploit|crime|"
+        r"unsafe_advice|model_response|harm_privacy|misinformation|disinformation|"
+        r"information_integrity"),
+    "violence": re.compile(r"violen|weapon|threat"),
+    "toxicity": re.compile(r"toxic|offensive|web_sentence"),
+}
+
+
+def kind_of(category: str) -> str | None:
+  """The kind of unsafe content a category names (the first that matches), or None."""
+  category = category.lower()
+  return next((kind for kind, pattern in KINDS.items() if pattern.search(category)), None)
+
+
+def by_threshold(labels: np.ndarray, predicted: np.ndarray) -> dict:
+  """Precision, recall and flagged share of `predicted >= t` for t = 1..5."""
+  rows = {}
+  for t in range(1, 6):
+    positive, flagged = labels >= t, predicted >= t
+    hits = int((positive & flagged).sum())
+    rows[str(t)] = {"precision": _ratio(hits, int(flagged.sum())),
+                    "recall": _ratio(hits, int(positive.sum())),
+                    "flagged": _ratio(int(flagged.sum()), len(labels)),
+                    "n_positive": int(positive.sum()), "n_flagged": int(flagged.sum())}
+  return rows
+
+
+def calibration(labels: np.ndarray, unsafe_prob: np.ndarray, bins: int = 10) -> dict:
+  """Reliability of P(score >= 3): per equal-width bin, mean prediction vs observed rate."""
+  unsafe = (labels >= 3).astype(np.float64)
+  edges = np.linspace(0.0, 1.0, bins + 1)
+  which = np.clip(np.digitize(unsafe_prob, edges[1:-1]), 0, bins - 1)
+  table, gap = [], 0.0
+  for b in range(bins):
+    rows = which == b
+    if not rows.any():
+      continue
+    mean_prob, observed = float(unsafe_prob[rows].mean()), float(unsafe[rows].mean())
+    gap += rows.sum() * abs(mean_prob - observed)
+    table.append({"bin": f"{edges[b]:.1f}-{edges[b + 1]:.1f}", "n": int(rows.sum()),
+                  "mean_predicted": mean_prob, "observed_unsafe": observed})
+  return {"bins": table, "ece": float(gap / max(len(labels), 1))}
+
+
+def by_kind(examples, labels: np.ndarray, predicted: np.ndarray) -> dict:
+  """Recall of unsafe (>= 3) texts per kind of content."""
+  kinds = np.asarray([kind_of(e.category) or "" for e in examples])
+  result = {}
+  for kind in KINDS:
+    rows = (kinds == kind) & (labels >= 3)
+    result[kind] = {"n_unsafe": int(rows.sum()),
+                    "recall_at_3": _ratio(int((predicted[rows] >= 3).sum()), int(rows.sum())),
+                    "recall_at_4": _ratio(int((predicted[rows] >= 4).sum()), int(rows.sum()))}
+  return result
+
+
 def evaluate(examples, model_path: str, window: int, overlap: int) -> dict:
   labels = np.asarray([e.score for e in examples])
   predicted, unsafe_prob = score_texts([e.text for e in examples], model_path, window, overlap)
+  return evaluation(examples, labels, predicted, unsafe_prob)
+
+
+def evaluation(examples, labels, predicted, unsafe_prob) -> dict:
+  """Every figure of the module's docstring, from the texts' predictions."""
   by_source = collections.defaultdict(list)
   for index, example in enumerate(examples):
     by_source[example.source].append(index)
@@ -82,7 +162,34 @@ def evaluate(examples, model_path: str, window: int, overlap: int) -> dict:
           source: figures(labels[rows], predicted[rows], unsafe_prob[rows])
           for source, rows in sorted(by_source.items())
       },
+      "by_threshold": by_threshold(labels, predicted),
+      "calibration": calibration(labels, unsafe_prob),
+      "by_kind": by_kind(examples, labels, predicted),
   }
+
+
+def format_extra_tables(result: dict, thresholds: bool, calibrated: bool, kinds: bool) -> str:
+  """The --by_threshold, --calibration and --by_kind tables."""
+  def cell(value):
+    return "-" if value is None else str(value) if isinstance(value, int) else f"{value:.4f}"
+  lines = []
+  if thresholds:
+    lines += ["", "threshold   precision    recall   flagged  n_positive  n_flagged"]
+    for t, row in result["by_threshold"].items():
+      lines.append(f">= {t:<8}" + "".join(cell(row[k]).rjust(10) for k in (
+          "precision", "recall", "flagged")) + f"{row['n_positive']:>12}{row['n_flagged']:>11}")
+  if calibrated:
+    lines += ["", "P(>=3) bin        n  mean_predicted  observed_unsafe"]
+    for row in result["calibration"]["bins"]:
+      lines.append(f"{row['bin']:<12}{row['n']:>7}{row['mean_predicted']:>16.4f}"
+                   f"{row['observed_unsafe']:>17.4f}")
+    lines.append(f"expected calibration error: {result['calibration']['ece']:.4f}")
+  if kinds:
+    lines += ["", "kind                    n_unsafe  recall_at_3  recall_at_4"]
+    for kind, row in result["by_kind"].items():
+      lines.append(f"{kind:<22}{row['n_unsafe']:>10}{cell(row['recall_at_3']):>13}"
+                   f"{cell(row['recall_at_4']):>13}")
+  return "\n".join(lines)
 
 
 def format_table(result: dict) -> str:
@@ -116,6 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="window length in tokens")
   parser.add_argument("--overlap", type=int, default=chunking.DEFAULT_OVERLAP,
                       help="tokens shared by consecutive windows")
+  parser.add_argument("--by_threshold", action="store_true",
+                      help="also print precision and recall at each threshold 1-5")
+  parser.add_argument("--calibration", action="store_true",
+                      help="also print the calibration table of P(score >= 3)")
+  parser.add_argument("--by_kind", "--by_category", dest="by_kind", action="store_true",
+                      help="also print Recall@3 per kind of unsafe content")
   parser.add_argument("--json", action="store_true", help="print one JSON object")
   return parser
 
@@ -141,6 +254,9 @@ def main(argv=None):
     sys.stdout.write("\n")
   else:
     print(format_table(result))
+    extra = format_extra_tables(result, args.by_threshold, args.calibration, args.by_kind)
+    if extra:
+      print(extra)
 
 
 if __name__ == "__main__":

