@@ -60,7 +60,7 @@ def _write(output_dir: str) -> dict:
       equal_to([
           os.path.join(output_dir, BRANCH, f"part-{shard:05d}-of-00008.tfrecord.gz")
           for shard in range(DOCUMENT_SHARDS)
-      ]),
+      ] + [os.path.join(output_dir, "samples", f"{BRANCH}.json")]),
       label="AllDocumentShards")
   assert_that(
       dead_letter_paths,

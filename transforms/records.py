@@ -7,10 +7,9 @@ written under a temporary name in its folder and renamed when complete, so a fai
 no partial file under a final name. A shard is sorted in memory; choose `num_shards` so that one
 shard fits in a worker.
 
-The document sink also feeds the data report card: it counts each branch's documents per source
-and score (`card.score.<branch>.<score>.<source>`), words and tags (`card.words.<branch>`,
-`card.tags.<branch>`), and writes a few sample documents per branch to
+The document sink also writes a few sample documents per branch for the report card, to
 `{output_dir}/samples/<branch>.json`, chosen by a hash of their id so every runner picks the same.
+Each sink outputs the paths of every file it wrote: the graph's CommitOutput moves exactly those.
 """
 
 from __future__ import annotations
@@ -138,16 +137,6 @@ class _WriteShards(beam.PTransform):
             _WriteShardFile(self._directory, num_shards, self._format, self._label)))
 
 
-def _count_for_card(document: Document, branch: str) -> Document:
-  """Counts a written document for the report card: its source and score, its words and tags."""
-  count(STAGE_CARD, f"score.{branch}.{document.safety_score}.{document.source}")
-  count(STAGE_CARD, f"documents.{branch}")
-  words = len(document.text.replace(schema.HARMFULNESS_TAG, " ").split())
-  count(STAGE_CARD, f"words.{branch}", words)
-  count(STAGE_CARD, f"tags.{branch}", document.tag_count)
-  return document
-
-
 def _sample_entry(document: Document) -> typing.Tuple[str, str]:
   """(hash of the id, the sample as JSON): the smallest hashes are the branch's samples."""
   text = document.text
@@ -172,10 +161,10 @@ def _write_samples(entries: typing.List[typing.Tuple[str, str]], path: str) -> s
 class WriteDocuments(beam.PTransform):
   """Writes one branch's Documents as `{output_dir}/{branch}/part-NNNNN-of-NNNNN.tfrecord.gz`.
 
-  Outputs the paths of the written files; counts records under `write.<branch>` and the report
-  card's figures under `card.*`. With `samples` > 0, also writes that many sample documents (the
-  ones with the smallest hash of their id, text cut at SAMPLE_CHARS) as a JSON list in
-  `{output_dir}/samples/{branch}.json`.
+  Outputs the paths of the written files; counts records under `write.<branch>` (progress only:
+  the report's figures are tallied from the data, transforms.report). With `samples` > 0, also
+  writes that many sample documents (the ones with the smallest hash of their id, text cut at
+  SAMPLE_CHARS) as a JSON list in `{output_dir}/samples/{branch}.json`.
   """
 
   def __init__(self, output_dir: str, branch: str, num_shards: int,
@@ -188,15 +177,15 @@ class WriteDocuments(beam.PTransform):
         FileSystems.join(output_dir, branch), num_shards, TFRECORD_FORMAT, label=branch)
 
   def expand(self, documents):
-    counted = documents | "CountForCard" >> beam.Map(
-        _count_for_card, self._branch).with_output_types(Document)
-    if self._samples > 0:
-      _ = (
-          documents
-          | "SampleEntries" >> beam.Map(_sample_entry)
-          | "Samples" >> beam.combiners.Top.Smallest(self._samples)
-          | "WriteSamples" >> beam.Map(_write_samples, self._samples_path))
-    return counted | self._write
+    shards = documents | self._write
+    if self._samples <= 0:
+      return shards
+    samples = (
+        documents
+        | "SampleEntries" >> beam.Map(_sample_entry)
+        | "Samples" >> beam.combiners.Top.Smallest(self._samples)
+        | "WriteSamples" >> beam.Map(_write_samples, self._samples_path))
+    return (shards, samples) | "WrittenFiles" >> beam.Flatten()
 
 
 class WriteDeadLetters(beam.PTransform):
