@@ -47,8 +47,15 @@ class SafetyPretrainingOptions(PipelineOptions):
                     help="longer texts go to dead letter (reason text_too_long)")
     io.add_argument("--num_shards", type=int, default=4,
                     help="TFRecord shards per output; records are assigned by a hash of their "
-                         "id so the files are identical on every runner. At scale, pick about "
-                         "one shard per 200 MB of output.")
+                         "id so the files are identical on every runner. 0: sized from the "
+                         "data, so that no shard holds more than --max_shard_records records "
+                         "or --max_shard_mb MB (a shard is sorted in one worker's memory; use "
+                         "0 at scale)")
+    io.add_argument("--max_shard_records", type=int, default=50_000,
+                    help="with --num_shards=0: most records a shard holds, on average")
+    io.add_argument("--max_shard_mb", type=float, default=256.0,
+                    help="with --num_shards=0: most MB (serialized, before gzip) a shard holds, "
+                         "on average")
     io.add_argument("--overwrite", action="store_true",
                     help="replace the output of an earlier run in --output (without it such a "
                          "run is refused); the old output stays until the new run has succeeded")

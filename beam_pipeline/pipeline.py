@@ -113,14 +113,22 @@ def build_annotate(pipeline: beam.Pipeline, options: SafetyPretrainingOptions, s
   dead_letters = ((documents[DEAD_LETTER], labelled[DEAD_LETTER])
                   | "AllDeadLetters" >> beam.Flatten())
   written = [
-      labelled[DOCUMENTS] | "WriteLabels" >> WriteJsonLines(staging, "labels", options.num_shards),
-      dead_letters | "WriteDeadLetters" >> WriteDeadLetters(staging, options.num_shards)]
+      labelled[DOCUMENTS] | "WriteLabels" >> WriteJsonLines(
+          staging, "labels", options.num_shards, **shard_bounds(options)),
+      dead_letters | "WriteDeadLetters" >> WriteDeadLetters(
+          staging, options.num_shards, **shard_bounds(options))]
   tallies = [
       documents[DOCUMENTS] | "TallyRead" >> Tallies(run_report.read_tallies),
       documents[DOCUMENTS] | "TallyRequests" >> Tallies(run_report.request_tallies, "annotate"),
       labelled[DOCUMENTS] | "TallyLabels" >> Tallies(label_tallies),
       dead_letters | "TallyDeadLetters" >> Tallies(run_report.dead_letter_tallies)]
   return written, tallies
+
+
+def shard_bounds(options: SafetyPretrainingOptions) -> dict:
+  """The sinks' bounds on a shard for --num_shards=0 (sized from the data)."""
+  return {"max_records": options.max_shard_records,
+          "max_bytes": int(options.max_shard_mb * 1024 * 1024)}
 
 
 def read_documents(pipeline: beam.Pipeline, options: SafetyPretrainingOptions):
@@ -208,10 +216,11 @@ def build_curate(pipeline: beam.Pipeline, options: SafetyPretrainingOptions, sta
   written = []
   for branch in BRANCHES:
     written.append(outputs[branch] | f"Write{branch}" >> WriteDocuments(
-        staging, branch, options.num_shards))
+        staging, branch, options.num_shards, **shard_bounds(options)))
     tallies.append(outputs[branch] | f"Tally{branch}" >> Tallies(
         run_report.written_tallies, branch))
   all_dead = dead_letters | "AllDeadLetters" >> beam.Flatten()
-  written.append(all_dead | "WriteDeadLetters" >> WriteDeadLetters(staging, options.num_shards))
+  written.append(all_dead | "WriteDeadLetters" >> WriteDeadLetters(
+      staging, options.num_shards, **shard_bounds(options)))
   tallies.append(all_dead | "TallyDeadLetters" >> Tallies(run_report.dead_letter_tallies))
   return written, tallies
