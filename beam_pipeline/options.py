@@ -47,11 +47,34 @@ class SafetyPretrainingOptions(PipelineOptions):
                     help="longer texts go to dead letter (reason text_too_long)")
     io.add_argument("--num_shards", type=int, default=4,
                     help="TFRecord shards per output; records are assigned by a hash of their "
-                         "id so the files are identical on every runner. At scale, pick about "
-                         "one shard per 200 MB of output.")
+                         "id so the files are identical on every runner. 0: sized from the "
+                         "data, so that no shard holds more than --max_shard_records records "
+                         "or --max_shard_mb MB (a shard is sorted in one worker's memory; use "
+                         "0 at scale)")
+    io.add_argument("--max_shard_records", type=int, default=50_000,
+                    help="with --num_shards=0: most records a shard holds, on average")
+    io.add_argument("--max_shard_mb", type=float, default=256.0,
+                    help="with --num_shards=0: most MB (serialized, before gzip) a shard holds, "
+                         "on average")
     io.add_argument("--overwrite", action="store_true",
                     help="replace the output of an earlier run in --output (without it such a "
                          "run is refused); the old output stays until the new run has succeeded")
+    io.add_argument("--run_id", default=None,
+                    help="name of this run's staging folder <output>/.staging/<run id> "
+                         "(default: a new random one per launch)")
+    io.add_argument("--stale_staging_hours", type=float, default=168.0,
+                    help="a commit removes another run's staging folder only once nothing in it "
+                         "has changed for this long: until then that run may still be writing "
+                         "(default: %(default)s, a week)")
+    io.add_argument("--max_failure_fraction", type=float, default=0.5,
+                    help="the run fails (report check, exit status 1) when a generation branch "
+                         "loses more than this fraction of its requests to failures (timeouts, "
+                         "HTTP and connection errors, malformed responses, failed batches) or "
+                         "the read stage dead-letters more than this fraction of the records; "
+                         "texts rejected for their content never count (default: %(default)s)")
+    io.add_argument("--report_sources", type=int, default=20,
+                    help="sources named in the report's score distribution: the largest by "
+                         "document count; the rest are summed as `other` (default: %(default)s)")
     io.add_argument("--unreadable_files", choices=["fail", "dead_letter"], default="fail",
                     help="an input file of which no record can be read (unknown suffix, content "
                          "not what its name says): fail the run with an error naming it, or "

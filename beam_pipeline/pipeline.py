@@ -6,6 +6,11 @@
                                           -> RefuseWeb -> SafetyGate -> refuseweb
                                                  -> MoralEducation -> SafetyGate -> moral_education
     every dead letter -> dead_letter/
+    tallies of every stage -> RunStatistics -> BuildReport -> CommitOutput (after every sink)
+
+Every sink writes under `<output>/.staging/<run id>/`; the last stage, CommitOutput, moves the
+files into place and writes report.json and report.html, so the job finishes its own run on any
+runner, also when nothing waits for it (a template launch).
 """
 
 from __future__ import annotations
@@ -20,8 +25,10 @@ from transforms.deadletter import DEAD_LETTER
 from transforms.documents import DOCUMENTS, Document, ReadDocuments
 from transforms.gate import SafetyGate
 from transforms.progress import LogProgress
+from transforms import report as run_report
+from transforms.output_folder import CommitOutput, new_run_id, staging_path
 from transforms.records import WriteDeadLetters, WriteDocuments
-from transforms.report import BRANCHES
+from transforms.report import BRANCHES, GENERATION_STAGES, Tallies
 from transforms.routing import RAW, REFUSE, REPHRASE, TO_TAG, Bands, Route
 from transforms.scoring import ScoreSafety, document_text
 from transforms.tagging import HarmfulnessTag
@@ -90,9 +97,11 @@ def judge_name(options: SafetyPretrainingOptions) -> str:
   return f"local:{os.path.basename(options.generator_model or 'SmolLM2-135M-Instruct')}"
 
 
-def build_annotate(pipeline: beam.Pipeline, options: SafetyPretrainingOptions) -> None:
-  """`--mode=annotate`: read, label with the LLM judge, write labels/ and dead_letter/."""
-  from transforms.annotate import Annotate
+def build_annotate(pipeline: beam.Pipeline, options: SafetyPretrainingOptions, staging: str):
+  """`--mode=annotate`: read, label with the LLM judge, write labels/ and dead_letter/.
+
+  Returns (written file paths, tallies)."""
+  from transforms.annotate import Annotate, label_tallies
   from transforms.records import WriteJsonLines
   documents = read_documents(pipeline, options)
   judge = Annotate(
@@ -101,10 +110,25 @@ def build_annotate(pipeline: beam.Pipeline, options: SafetyPretrainingOptions) -
   hints = generation_hints(options)
   labelled = documents[DOCUMENTS] | "Annotate" >> (
       judge.with_resource_hints(**hints) if hints else judge)
-  _ = labelled[DOCUMENTS] | "WriteLabels" >> WriteJsonLines(
-      options.output, "labels", options.num_shards)
-  _ = ((documents[DEAD_LETTER], labelled[DEAD_LETTER]) | "AllDeadLetters" >> beam.Flatten()
-       | "WriteDeadLetters" >> WriteDeadLetters(options.output, options.num_shards))
+  dead_letters = ((documents[DEAD_LETTER], labelled[DEAD_LETTER])
+                  | "AllDeadLetters" >> beam.Flatten())
+  written = [
+      labelled[DOCUMENTS] | "WriteLabels" >> WriteJsonLines(
+          staging, "labels", options.num_shards, **shard_bounds(options)),
+      dead_letters | "WriteDeadLetters" >> WriteDeadLetters(
+          staging, options.num_shards, **shard_bounds(options))]
+  tallies = [
+      documents[DOCUMENTS] | "TallyRead" >> Tallies(run_report.read_tallies),
+      documents[DOCUMENTS] | "TallyRequests" >> Tallies(run_report.request_tallies, "annotate"),
+      labelled[DOCUMENTS] | "TallyLabels" >> Tallies(label_tallies),
+      dead_letters | "TallyDeadLetters" >> Tallies(run_report.dead_letter_tallies)]
+  return written, tallies
+
+
+def shard_bounds(options: SafetyPretrainingOptions) -> dict:
+  """The sinks' bounds on a shard for --num_shards=0 (sized from the data)."""
+  return {"max_records": options.max_shard_records,
+          "max_bytes": int(options.max_shard_mb * 1024 * 1024)}
 
 
 def read_documents(pipeline: beam.Pipeline, options: SafetyPretrainingOptions):
@@ -114,18 +138,40 @@ def read_documents(pipeline: beam.Pipeline, options: SafetyPretrainingOptions):
       max_chars=options.max_chars, unreadable_files=options.unreadable_files)
 
 
-def build(pipeline: beam.Pipeline, options: SafetyPretrainingOptions) -> None:
-  """Adds the whole method to `pipeline`, reading and writing where the options say."""
+def build(pipeline: beam.Pipeline, options: SafetyPretrainingOptions) -> str:
+  """Adds the whole method to `pipeline`, reading and writing where the options say, through
+  to CommitOutput; returns the run's staging folder (what a failed launch may remove)."""
+  staging = staging_path(options.output, options.run_id or new_run_id())
   if options.mode == "annotate":
-    build_annotate(pipeline, options)
-    return
+    from transforms.annotate import build_annotate_report
+    written, tallies = build_annotate(pipeline, options, staging)
+    make_report = build_annotate_report
+  else:
+    written, tallies = build_curate(pipeline, options, staging)
+    make_report = run_report.build_report
+  written_files = written | "AllWrittenFiles" >> beam.Flatten()
+  report = (
+      tallies
+      | "AllTallies" >> beam.Flatten()
+      | "RunStatistics" >> run_report.RunStatistics(options.report_sources)
+      | "BuildReport" >> beam.Map(make_report, options.max_failure_fraction))
+  _ = report | "CommitOutput" >> CommitOutput(
+      options.output, staging, written_files, options.overwrite, run_report.write_report_files,
+      stale_staging_s=options.stale_staging_hours * 3600)
+  return staging
+
+
+def build_curate(pipeline: beam.Pipeline, options: SafetyPretrainingOptions, staging: str):
+  """The curation graph, sinks writing under `staging`; returns (written paths, tallies)."""
   dead_letters = []
   documents = read_documents(pipeline, options)
   dead_letters.append(documents[DEAD_LETTER])
+  tallies = [documents[DOCUMENTS] | "TallyRead" >> Tallies(run_report.read_tallies)]
 
   scorer = classifier_handler(options)
   scored = documents[DOCUMENTS] | "Score" >> ScoreSafety(scorer, options.window, options.overlap)
   dead_letters.append(scored[DEAD_LETTER])
+  tallies.append(scored[DOCUMENTS] | "TallyScored" >> Tallies(run_report.scored_tallies))
 
   bands = Bands(
       rephrase=(options.rephrase_min_score, options.rephrase_max_score),
@@ -147,6 +193,8 @@ def build(pipeline: beam.Pipeline, options: SafetyPretrainingOptions) -> None:
     generator = generator_handler(options)
 
     def generate_and_gate(name, branch, transform, inputs, text_of=document_text):
+      tallies.append(inputs | f"TallyRequests{name}" >> Tallies(
+          run_report.request_tallies, GENERATION_STAGES[branch]))
       generated = inputs | name >> transform
       gated = generated[DOCUMENTS] | f"Gate{name}" >> SafetyGate(
           scorer, branch, options.gate_max_score, options.window, options.overlap, text_of)
@@ -165,8 +213,14 @@ def build(pipeline: beam.Pipeline, options: SafetyPretrainingOptions) -> None:
     for branch in ("safeweb", "refuseweb", "moral_education"):
       outputs[branch] = pipeline | f"No{branch}" >> beam.Create([]).with_output_types(Document)
 
+  written = []
   for branch in BRANCHES:
-    _ = outputs[branch] | f"Write{branch}" >> WriteDocuments(
-        options.output, branch, options.num_shards)
-  _ = (dead_letters | "AllDeadLetters" >> beam.Flatten()
-       | "WriteDeadLetters" >> WriteDeadLetters(options.output, options.num_shards))
+    written.append(outputs[branch] | f"Write{branch}" >> WriteDocuments(
+        staging, branch, options.num_shards, **shard_bounds(options)))
+    tallies.append(outputs[branch] | f"Tally{branch}" >> Tallies(
+        run_report.written_tallies, branch))
+  all_dead = dead_letters | "AllDeadLetters" >> beam.Flatten()
+  written.append(all_dead | "WriteDeadLetters" >> WriteDeadLetters(
+      staging, options.num_shards, **shard_bounds(options)))
+  tallies.append(all_dead | "TallyDeadLetters" >> Tallies(run_report.dead_letter_tallies))
+  return written, tallies

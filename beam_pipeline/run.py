@@ -12,56 +12,67 @@ import re
 import sys
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import GoogleCloudOptions
 
 from beam_pipeline import launch
 from beam_pipeline import pipeline as graph
 from beam_pipeline.options import SafetyPretrainingOptions
 from transforms import report as run_report
-from transforms.output_folder import OutputExistsError, StagedOutput
+from transforms.output_folder import OutputExistsError, check_output, remove_staging
 from transforms.progress import LOGGER_NAME as PROGRESS_LOGGER
-from transforms.report_card import write_report_card
+from transforms.report_card import REPORT_CARD
 
 # How an input file that cannot be read at all (transforms.documents.UnreadableFileError) reads in
 # the runner's error, which wraps it in tracebacks and the step's name.
 _UNREADABLE_FILE = re.compile(r"cannot read input file .*?(?=\s*\[while running|\n|$)")
 
 
-def run(argv=None, save_main_session: bool = False) -> dict:
-  """Runs the pipeline to completion and returns the report (also written as report.json).
+def _job_not_run(options, result) -> bool:
+  """True for a launch that returned before any job ran: Dataflow's template creation
+  (--template_location) writes the job's spec and returns a result without a job."""
+  if options.view_as(GoogleCloudOptions).template_location:
+    return True
+  return getattr(result, "has_job", True) is False
 
-  The pipeline writes into a staging folder inside --output; its files move into place only
-  when it has succeeded, then report.json and report.html are written (see
-  transforms.output_folder). Raises OutputExistsError for an --output that holds an earlier run's
-  output unless --overwrite is given.
+
+def run(argv=None, save_main_session: bool = False) -> dict | None:
+  """Runs the pipeline and returns the report it wrote (report.json), or None for a launch that
+  returns before the job runs (a template is created; the job commits its own output).
+
+  The graph writes into a staging folder inside --output and its last stage, CommitOutput, moves
+  the files into place and writes report.json and report.html (transforms.output_folder).
+  Raises OutputExistsError for an --output that holds an earlier run's output unless --overwrite
+  is given (checked here at launch, and again by CommitOutput).
   """
+  del save_main_session
   options = launch.prepare(argv)
   safety = options.view_as(SafetyPretrainingOptions)
-  output = safety.output
-  staged = StagedOutput(output, overwrite=safety.overwrite)
-  safety.output = staged.path  # every sink of the graph writes under the staging folder
+  check_output(safety.output, safety.overwrite)
+  pipeline = beam.Pipeline(runner=launch.runner_for(options), options=options)
+  staging = graph.build(pipeline, safety)
+  result = None
   try:
-    with beam.Pipeline(runner=launch.runner_for(options), options=options) as pipeline:
-      graph.build(pipeline, safety)
+    result = pipeline.run()
+    if _job_not_run(options, result):
+      template = options.view_as(GoogleCloudOptions).template_location
+      print(f"no job ran here: the template is at {template}; each job launched from it "
+            f"commits its own output to {safety.output} and writes "
+            f"{FileSystems.join(safety.output, 'report.json')} and report.html when it succeeds")
+      return None
+    result.wait_until_finish()
   except BaseException:
-    staged.abort()
+    remove_staging(safety.output, staging)
     raise
-  finally:
-    safety.output = output
-  result = pipeline.result
-  counters = run_report.counters_from(result)
+  report = run_report.read_report(safety.output)
   if safety.mode == "annotate":
-    from transforms.annotate import annotate_summary, build_annotate_report
-    report = build_annotate_report(counters)
-    text = annotate_summary(report)
+    from transforms.annotate import annotate_summary
+    print(annotate_summary(report))
   else:
-    report = run_report.build_report(counters)
-    text = run_report.summary(report)
-  staged.commit()
-  path = run_report.write_report(report, safety.output)
-  print(text)
-  print(f"report: {path}")
+    print(run_report.summary(report))
+  print(f"report: {FileSystems.join(safety.output, 'report.json')}")
   if "per_branch" in report:
-    print(f"report card: {write_report_card(report, safety.output)}")
+    print(f"report card: {FileSystems.join(safety.output, REPORT_CARD)}")
   return report
 
 
@@ -88,6 +99,11 @@ def main(argv=None):
       raise
     print(f"error: {unreadable.group(0)}", file=sys.stderr)
     sys.exit(2)
+  if report is None:
+    sys.exit(0)
+  for name in report.get("failed_checks", []) if not report["checks_hold"] else []:
+    print(f"error: check {name} failed: {run_report.failed_check_reason(report, name)}",
+          file=sys.stderr)
   sys.exit(0 if report["checks_hold"] else 1)
 
 

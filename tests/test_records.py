@@ -10,6 +10,7 @@ import os
 import apache_beam as beam
 import pytest
 from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 
@@ -60,7 +61,7 @@ def _write(output_dir: str) -> dict:
       equal_to([
           os.path.join(output_dir, BRANCH, f"part-{shard:05d}-of-00008.tfrecord.gz")
           for shard in range(DOCUMENT_SHARDS)
-      ]),
+      ] + [os.path.join(output_dir, "samples", f"{BRANCH}.json")]),
       label="AllDocumentShards")
   assert_that(
       dead_letter_paths,
@@ -102,9 +103,9 @@ def test_failed_shard_leaves_no_file(tmp_path):
 
   failing_format = records.TFRECORD_FORMAT._replace(write_payload=write_then_fail)
   # pylint: disable-next=protected-access
-  write_shard = records._WriteShardFile(str(tmp_path), 1, failing_format, label=BRANCH)
+  write_shard = records._WriteShardFile(str(tmp_path), failing_format, label=BRANCH)
   with pytest.raises(IOError, match="disk full"):
-    list(write_shard.process((0, {"records": [("doc-1", b"payload")], "shard": [0]})))
+    list(write_shard.process((0, {"records": [("doc-1", b"payload")], "shard": [0]}), 1))
   assert os.listdir(tmp_path) == []
 
 
@@ -258,3 +259,32 @@ def test_wordpiece_tokenizer_keeps_tag_as_one_id(output_dirs, tmp_path):
       "hello", "world", TAG, "good", "morning", "##s"]
   assert _tagged_token_ids(output_dirs[0], tokenizer=str(vocab_path), tag_token_id=999) == [
       1, 2, 999, 3, 4, 5]
+
+
+def _write_sized(output_dir: str, documents, max_records: int, *runner_args: str) -> dict:
+  pipeline = beam.Pipeline(options=PipelineOptions(
+      ["--runner=DirectRunner", *runner_args]))
+  _ = (pipeline | beam.Create(documents)
+       | records.WriteDocuments(output_dir, BRANCH, 0, samples=0, max_records=max_records))
+  pipeline.run().wait_until_finish()
+  folder = os.path.join(output_dir, BRANCH)
+  return {name: open(os.path.join(folder, name), "rb").read()
+          for name in sorted(os.listdir(folder))}
+
+
+def test_shards_sized_from_the_data_stay_bounded_and_identical_across_runners(tmp_path):
+  """--num_shards=0: 230 documents at most 25 a shard make ceil(230 / 25) = 10 shards, each near
+  the bound, the same bytes on the in-process and the multi-process runner."""
+  documents = [DOCUMENTS[i % len(DOCUMENTS)]._replace(id=f"sized-{i:04d}") for i in range(230)]
+  first = _write_sized(str(tmp_path / "one"), documents, 25)
+  second = _write_sized(str(tmp_path / "two"), documents, 25,
+                        "--direct_running_mode=multi_processing", "--direct_num_workers=2")
+  assert sorted(first) == [f"part-{s:05d}-of-00010.tfrecord.gz" for s in range(10)]
+  assert first == second
+  sizes = [sum(1 for _ in tf.data.TFRecordDataset(
+      os.path.join(str(tmp_path / "one"), BRANCH, name), compression_type="GZIP"))
+           for name in sorted(first)]
+  assert sum(sizes) == 230 and max(sizes) <= 2 * 25, sizes
+  assert records.shards_for((230, 10**6), 25, 10**9) == 10
+  assert records.shards_for((10, 5 * 2**20), 25, 2**20) == 5  # the byte bound
+  assert records.shards_for((0, 0), 25, 2**20) == 1

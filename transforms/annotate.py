@@ -134,12 +134,21 @@ class Annotate(beam.PTransform):
 
 
 
-def build_annotate_report(counters: dict[str, int]) -> dict:
+def label_tallies(line: str) -> list:
+  """The report's tallies of one label row: the label, its score and its retries."""
+  from transforms.report import tally  # pylint: disable=import-outside-toplevel
+  label = json.loads(line)
+  return [tally("write.labels"), tally(f"{STAGE_ANNOTATE}.score_{label['score_0_5']}"),
+          tally(f"{STAGE_ANNOTATE}.retries", max(int(label.get("attempts", 1)) - 1, 0))]
+
+
+def build_annotate_report(counters: dict[str, int], max_failure_fraction: float = 0.5) -> dict:
   """report.json of an annotate run: labels per score, dead letters, and the check that every
   document read is labelled or dead-lettered."""
   get = lambda name: int(counters.get(name, 0))
   dead_letters = dead_letters_by_stage(counters)
   valid, documents_read = read_counts(counters, dead_letters)
+  del max_failure_fraction  # curate's failure checks; a judge run checks labels + dead letters
   labelled = get("write.labels")
   dead_total = sum(sum(reasons.values()) for reasons in dead_letters.values())
   check = {

@@ -1,14 +1,23 @@
-"""The run's report: counts from the Beam metrics counters, the two checks, report.json."""
+"""The run's report: run statistics computed as data in the graph, the checks, report.json.
+
+The figures are tallies, `(name, source, count)` rows that the graph derives from the
+PCollections themselves (documents read, scored, sent to each generation step, written; dead
+letters by stage and reason), summed by `RunStatistics` into one record `{name: count}`, and
+turned into the report by `build_report`. They are data, not runner metrics, because a job
+launched from a template is never seen by the process that built it, and because metrics keyed
+by an input file (a crawl has ~90,000 of them) pass every runner's metric limits: per-source
+tallies keep the `top_sources` largest sources by name and fold the rest into `other`. Beam
+counters stay for progress (Flink's and Dataflow's UIs) and are not read here.
+"""
 
 from __future__ import annotations
 
 import collections
 import json
+import typing
 
+import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics.metric import MetricsFilter
-
-from transforms.deadletter import METRICS_NAMESPACE
 from transforms.documents import (STAGE_DEDUPLICATE, STAGE_MORAL_EDUCATION, STAGE_READ,
                                   STAGE_REFUSEWEB, STAGE_REPHRASE, STAGE_SCORE, STAGE_TAG,
                                   STAGE_VALIDATE)
@@ -25,21 +34,134 @@ BEFORE_OUTPUT_STAGES = (STAGE_READ, STAGE_VALIDATE, STAGE_DEDUPLICATE, STAGE_SCO
 # Counters of the report card (transforms.records) and of progress (transforms.progress).
 _CARD_PREFIX = "card."
 _PROGRESS_PREFIX = "progress."
+# Generation dead-letter reasons that mean the backend failed, not that a reply was unusable or
+# unsafe (models.generators.backend): a branch that loses most requests to these is broken.
+FAILURE_REASONS = frozenset({
+    "generation_timeout", "generation_http_error", "generation_connection_error",
+    "malformed_response", "generation_error"})
+OTHER_SOURCES = "other"
+NO_SOURCE = "(no source)"
+DEFAULT_TOP_SOURCES = 20
+DEFAULT_MAX_FAILURE_FRACTION = 0.5
+
+Tally = typing.Tuple[str, str, int]  # (name, source or "", count)
 
 
-def counters_from(result) -> dict[str, int]:
-  """The pipeline's counters by name; committed values where the runner has them."""
-  query = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))
-  counters: dict[str, int] = collections.Counter()
-  for counter in query["counters"]:
-    try:
-      value = counter.committed
-    except Exception:  # pylint: disable=broad-except  (runners without committed metrics)
-      value = None
-    if value is None:
-      value = counter.attempted
-    counters[counter.key.metric.name] += int(value or 0)
-  return dict(counters)
+def tally(name: str, n: int = 1, source: str = "") -> Tally:
+  return name, source, n
+
+
+class _SumTallies(beam.CombineFn):
+  """{name: count} from (name, count) pairs: the one report record of a run."""
+
+  def create_accumulator(self):
+    return {}
+
+  def add_input(self, accumulator, element):
+    name, value = element
+    accumulator[name] = accumulator.get(name, 0) + value
+    return accumulator
+
+  def merge_accumulators(self, accumulators):
+    merged = {}
+    for accumulator in accumulators:
+      for name, value in accumulator.items():
+        merged[name] = merged.get(name, 0) + value
+    return merged
+
+  def extract_output(self, accumulator):
+    return dict(sorted(accumulator.items()))
+
+
+def written_tallies(document, branch: str) -> typing.List[Tally]:
+  """What the report counts of a document written to `branch`: the branch, the score per source
+  (the report card), its words and tags."""
+  from transforms.schema import HARMFULNESS_TAG  # pylint: disable=import-outside-toplevel
+  words = len(document.text.replace(HARMFULNESS_TAG, " ").split())
+  tallies = [
+      tally(f"write.{branch}"),
+      tally(f"{_CARD_PREFIX}score.{branch}.{document.safety_score}",
+            source=document.source or NO_SOURCE),
+      tally(f"{_CARD_PREFIX}documents.{branch}"),
+      tally(f"{_CARD_PREFIX}words.{branch}", words),
+      tally(f"{_CARD_PREFIX}tags.{branch}", document.tag_count),
+  ]
+  if branch == "tagged":
+    tallies.append(tally(f"{STAGE_TAG}.tags_inserted", document.tag_count))
+  return tallies
+
+
+def dead_letter_tallies(dead_letter) -> typing.List[Tally]:
+  return [tally(f"{dead_letter.stage}.dead_letter.{dead_letter.reason}"),
+          tally("write.dead_letter")]
+
+
+def scored_tallies(document) -> typing.List[Tally]:
+  return [tally(f"{STAGE_SCORE}.score_{document.safety_score}"),
+          tally(f"{_PROGRESS_PREFIX}documents_scored")]
+
+
+def read_tallies(document) -> typing.List[Tally]:
+  """A document ReadDocuments passed on (valid and deduplicated; the rest are dead letters)."""
+  del document
+  return [tally(f"{STAGE_READ}.documents.valid")]
+
+
+def request_tallies(document, stage: str) -> typing.List[Tally]:
+  """A document sent to the generation step `stage` (one request, retries aside)."""
+  del document
+  return [tally(f"{stage}.requests")]
+
+
+class Tallies(beam.PTransform):
+  """`records | Tallies(fn, *args)`: the tallies `fn(record, *args)` of every record."""
+
+  def __init__(self, fn, *args):
+    super().__init__()
+    self._fn = fn
+    self._args = args
+
+  def expand(self, records):
+    return records | beam.FlatMap(self._fn, *self._args).with_output_types(Tally)
+
+
+def _bound_source(summed, top: typing.List[typing.Tuple[int, str]]):
+  (name, source), value = summed
+  if source and source not in {kept for _, kept in top}:
+    source = OTHER_SOURCES
+  return (f"{name}.{source}" if source else name), value
+
+
+class RunStatistics(beam.PTransform):
+  """Tallies -> one record {name: count}, with at most `top_sources` named sources.
+
+  CombinePerKey sums each (name, source); the sources' totals pick the `top_sources` largest
+  (ties by name, so every runner keeps the same); every other source is renamed `other` and the
+  sums are combined again, so the single record's size does not grow with the input files.
+  """
+
+  def __init__(self, top_sources: int = DEFAULT_TOP_SOURCES):
+    super().__init__()
+    self._top_sources = top_sources
+
+  def expand(self, tallies):
+    summed = (
+        tallies
+        | "ByNameAndSource" >> beam.Map(lambda t: ((t[0], t[1]), t[2])).with_output_types(
+            typing.Tuple[typing.Tuple[str, str], int])
+        | "SumPerNameAndSource" >> beam.CombinePerKey(sum))
+    top = (
+        summed
+        | "SourceCounts" >> beam.FlatMap(
+            lambda kv: [(kv[0][1], kv[1])] if kv[0][1] and kv[0][0].startswith(
+                f"{_CARD_PREFIX}score.") else [])
+        | "SumPerSource" >> beam.CombinePerKey(sum)
+        | "CountFirst" >> beam.Map(lambda kv: (kv[1], kv[0]))
+        | "TopSources" >> beam.combiners.Top.Of(self._top_sources))
+    return (
+        summed
+        | "BoundSources" >> beam.Map(_bound_source, beam.pvalue.AsSingleton(top))
+        | "OneRecord" >> beam.CombineGlobally(_SumTallies()))
 
 
 def dead_letters_by_stage(counters: dict[str, int]) -> dict[str, dict[str, int]]:
@@ -55,15 +177,31 @@ def dead_letters_by_stage(counters: dict[str, int]) -> dict[str, dict[str, int]]
 
 
 def read_counts(counters: dict[str, int], dead_letters: dict[str, dict[str, int]]):
-  """(valid documents, documents read): the valid ones plus the read and validate dead letters."""
+  """(valid documents, documents read): the valid ones plus the read and validate dead letters.
+
+  Valid documents are those ReadDocuments passes on (tallied after deduplication) plus the
+  duplicates it dead-lettered."""
   valid = sum(v for k, v in counters.items() if k.startswith(f"{STAGE_READ}.documents."))
+  valid += sum(dead_letters.get(STAGE_DEDUPLICATE, {}).values())
   unusable = sum(
       sum(dead_letters.get(stage, {}).values()) for stage in (STAGE_READ, STAGE_VALIDATE))
   return valid, valid + unusable
 
 
-def build_report(counters: dict[str, int]) -> dict:
-  """report.json's content from the counters."""
+def _fraction(part: int, whole: int) -> float:
+  return round(part / whole, 6) if whole else 0.0
+
+
+def build_report(counters: dict[str, int],
+                 max_failure_fraction: float = DEFAULT_MAX_FAILURE_FRACTION) -> dict:
+  """report.json's content from the run's statistics (RunStatistics' record).
+
+  Checks: nothing lost (documents read = raw + tagged + dead letters before routing; per
+  generation branch, requests = outputs + dead letters), and nothing broken: no generation branch
+  loses more than `max_failure_fraction` of its requests to backend failures (FAILURE_REASONS),
+  and the read stage dead-letters no more than that fraction of the records read. Rejections of a
+  text for its content (the safety gate, an unusable reply) are reported, never a failure.
+  """
   get = lambda name: int(counters.get(name, 0))
   dead_letters = dead_letters_by_stage(counters)
   dead_in = lambda stage: sum(dead_letters.get(stage, {}).values())
@@ -78,16 +216,36 @@ def build_report(counters: dict[str, int]) -> dict:
   }
   originals["holds"] = documents_read == (
       originals["raw"] + originals["tagged"] + dead_before_output)
+  failed = [] if originals["holds"] else ["originals"]
   generation = {}
   for branch, stage in GENERATION_STAGES.items():
+    failures = sum(n for reason, n in dead_letters.get(stage, {}).items()
+                   if reason in FAILURE_REASONS)
     entry = {
         "requests": get(f"{stage}.requests"),
-        "retries": get(f"{stage}.retries"),
         "outputs": per_branch[branch],
         "dead_letters": dead_in(stage) + dead_in(gate_stage(branch)),
+        "failures": failures,
+        "rejected_by_gate": dead_in(gate_stage(branch)),
     }
-    entry["holds"] = entry["requests"] == entry["outputs"] + entry["dead_letters"]
+    entry["failure_fraction"] = _fraction(failures, entry["requests"])
+    entry["balanced"] = entry["requests"] == entry["outputs"] + entry["dead_letters"]
+    entry["holds"] = entry["balanced"] and entry["failure_fraction"] <= max_failure_fraction
+    if not entry["balanced"]:
+      failed.append(branch)
+    if entry["failure_fraction"] > max_failure_fraction:
+      failed.append(f"{branch}_failures")
     generation[branch] = entry
+  read_dead = dead_in(STAGE_READ)
+  reading = {
+      "documents_read": documents_read,
+      "dead_lettered": read_dead,
+      "fraction": _fraction(read_dead, documents_read),
+      "max_fraction": max_failure_fraction,
+  }
+  reading["holds"] = reading["fraction"] <= max_failure_fraction
+  if not reading["holds"]:
+    failed.append("read_failures")
   return {
       "documents_read": documents_read,
       "documents_valid": valid,
@@ -100,8 +258,10 @@ def build_report(counters: dict[str, int]) -> dict:
       "tags_inserted": get(f"{STAGE_TAG}.tags_inserted"),
       "score_distribution": _score_distribution(counters),
       "tags": _tag_figures(get),
-      "checks": {"originals": originals, "generation": generation},
-      "checks_hold": originals["holds"] and all(g["holds"] for g in generation.values()),
+      "max_failure_fraction": max_failure_fraction,
+      "checks": {"originals": originals, "generation": generation, "read": reading},
+      "failed_checks": failed,
+      "checks_hold": not failed,
   }
 
 
@@ -131,6 +291,22 @@ def _tag_figures(get) -> dict:
   }
 
 
+def write_report_files(report: dict, output_dir: str) -> typing.List[str]:
+  """report.json, then (a curate run's) report.html beside it; their paths. CommitOutput's."""
+  from transforms.report_card import write_report_card  # pylint: disable=import-outside-toplevel
+  paths = []
+  if "per_branch" in report:
+    paths.append(write_report_card(report, output_dir))
+  # Last: a folder with report.json holds a complete run.
+  paths.insert(0, write_report(report, output_dir))
+  return paths
+
+
+def read_report(output_dir: str) -> dict:
+  with FileSystems.open(FileSystems.join(output_dir, "report.json")) as f:
+    return json.loads(f.read().decode("utf-8"))
+
+
 def write_report(report: dict, output_dir: str) -> str:
   path = FileSystems.join(output_dir, "report.json")
   with FileSystems.create(path) as f:
@@ -156,8 +332,38 @@ def summary(report: dict) -> str:
       f"check originals: read {originals['documents_read']} = raw {originals['raw']} + tagged "
       f"{originals['tagged']} + dead letters {originals['dead_lettered_before_routing']}: "
       f"{'holds' if originals['holds'] else 'FAILS'}")
+  limit = report.get("max_failure_fraction", DEFAULT_MAX_FAILURE_FRACTION)
   for branch, entry in report["checks"]["generation"].items():
     lines.append(
         f"check {branch}: requests {entry['requests']} = outputs {entry['outputs']} + dead "
-        f"letters {entry['dead_letters']}: {'holds' if entry['holds'] else 'FAILS'}")
+        f"letters {entry['dead_letters']}: {'holds' if entry['balanced'] else 'FAILS'}; "
+        f"failures {entry['failures']} ({100 * entry['failure_fraction']:.1f}%, at most "
+        f"{100 * limit:.0f}%): {'holds' if entry['failure_fraction'] <= limit else 'FAILS'}; "
+        f"rejected by the safety gate: {entry['rejected_by_gate']}")
+  reading = report["checks"]["read"]
+  lines.append(
+      f"check read_failures: {reading['dead_lettered']} of {reading['documents_read']} records "
+      f"dead-lettered when read ({100 * reading['fraction']:.1f}%, at most {100 * limit:.0f}%): "
+      f"{'holds' if reading['holds'] else 'FAILS'}")
+  for name in report.get("failed_checks", []):
+    lines.append(f"FAILED check {name}: {failed_check_reason(report, name)}")
   return "\n".join(lines)
+
+
+def failed_check_reason(report: dict, name: str) -> str:
+  """One sentence on why the check `name` of report["failed_checks"] failed."""
+  checks = report["checks"]
+  limit = report.get("max_failure_fraction", DEFAULT_MAX_FAILURE_FRACTION)
+  if name == "originals":
+    return "documents read != raw + tagged + dead letters before routing (records were lost)"
+  if name == "read_failures":
+    reading = checks["read"]
+    return (f"the read stage dead-lettered {reading['dead_lettered']} of "
+            f"{reading['documents_read']} records, more than --max_failure_fraction={limit}")
+  branch = name[:-len("_failures")] if name.endswith("_failures") else name
+  entry = checks["generation"][branch]
+  if name.endswith("_failures"):
+    return (f"{entry['failures']} of {entry['requests']} {branch} generation requests failed "
+            f"(timeouts, HTTP or connection errors, malformed responses, failed batches), more "
+            f"than --max_failure_fraction={limit}")
+  return f"{branch}: requests != outputs + dead letters (records were lost)"

@@ -80,6 +80,13 @@ def _number(path: str, value: typing.Union[int, float], text: str | None = None)
           f"{_escape(shown)}</span>")
 
 
+def _figure(path: str, value: typing.Union[int, float]) -> str:
+  """A count as a number, a fraction (a float) as a percentage."""
+  if isinstance(value, float):
+    return _number(path, value, f"{100 * value:.2f}%")
+  return _number(path, value)
+
+
 def _bar(value: int, largest: int) -> str:
   width = 100.0 * value / largest if largest else 0.0
   return (f'<div class="bar-track"><div class="bar-fill" style="width:{width:.2f}%"></div>'
@@ -247,8 +254,8 @@ def _checks_section(report: dict) -> str:
       f"</td><td>{verdict(originals['holds'])}</td></tr>"]
   for branch, entry in checks["generation"].items():
     path = f"checks/generation/{branch}"
-    others = "".join(  # any further figure of the check (retries, ...)
-        f'; {_escape(name.replace("_", " "))} {_number(f"{path}/{name}", value)}'
+    others = "".join(  # any further figure of the check (failures, their fraction, ...)
+        f'; {_escape(name.replace("_", " "))} {_figure(f"{path}/{name}", value)}'
         for name, value in entry.items()
         if name not in ("requests", "outputs", "dead_letters", "holds")
         and isinstance(value, (int, float)) and not isinstance(value, bool))
@@ -259,6 +266,15 @@ def _checks_section(report: dict) -> str:
         f'{_number(f"{path}/dead_letters", entry["dead_letters"])}'
         f'<span class="muted">{others}</span>'
         f"</td><td>{verdict(entry['holds'])}</td></tr>")
+  reading = checks.get("read")
+  if reading:
+    rows.append(
+        "<tr><td>read failures</td><td>dead-lettered when read "
+        f'{_number("checks/read/dead_lettered", reading["dead_lettered"])} of '
+        f'{_number("checks/read/documents_read", reading["documents_read"])} records = '
+        f'{_figure("checks/read/fraction", reading["fraction"])}, at most '
+        f'{_figure("checks/read/max_fraction", reading["max_fraction"])}'
+        f"</td><td>{verdict(reading['holds'])}</td></tr>")
   return ("<h2>Checks: nothing lost</h2><table><tr><th>check</th><th>equation</th><th></th></tr>"
           f"{''.join(rows)}</table>")
 

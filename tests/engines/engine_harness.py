@@ -259,13 +259,19 @@ def services_stopped_on_exit():
       service.stop()
 
 
+# How a child process runs the pipeline: as users do (run.py), or the bare graph (no run.py).
+ENTRY = ("-m", "beam_pipeline.run")
+BUILD_ONLY = (os.path.join(os.path.dirname(os.path.abspath(__file__)), "build_only.py"),)
+
+
 def run_pipeline(pipeline_args: typing.Sequence[str], log_dir: str, name: str,
-                 timeout: float = 1200.0) -> None:
-  """`python -m beam_pipeline.run` with `pipeline_args` in a child process; fails on non-zero."""
+                 timeout: float = 1200.0, program: typing.Sequence[str] = ENTRY) -> None:
+  """`python -m beam_pipeline.run` (or `program`) with `pipeline_args` in a child process;
+  fails on non-zero."""
   log_path = os.path.join(log_dir, f"{name}.log")
   with open(log_path, "wb") as log:
     code = subprocess.run(
-        [sys.executable, "-m", "beam_pipeline.run", *pipeline_args], cwd=REPO, stdout=log,
+        [sys.executable, *program, *pipeline_args], cwd=REPO, stdout=log,
         stderr=subprocess.STDOUT, env=child_environment(), timeout=timeout,
         preexec_fn=_die_with_parent, check=False).returncode
   if code != 0:
@@ -355,7 +361,8 @@ def run_direct_switch(output: str, args: typing.Sequence[str], log_dir: str,
     json.dump(record, f)
 
 
-def run_flink(output: str, args: typing.Sequence[str], log_dir: str, parallelism: int = 2) -> None:
+def run_flink(output: str, args: typing.Sequence[str], log_dir: str, parallelism: int = 2,
+              program: typing.Sequence[str] = ENTRY) -> None:
   """A standalone Flink cluster, Beam's Flink job server and an SDK worker pool; then the run."""
   conf_dir = os.path.join(log_dir, "flink-conf")
   write_flink_conf(conf_dir, slots=parallelism)
@@ -382,7 +389,8 @@ def run_flink(output: str, args: typing.Sequence[str], log_dir: str, parallelism
     run_pipeline([
         "--runner=PortableRunner", f"--job_endpoint={LOOPBACK}:{JOB_PORT}",
         "--environment_type=EXTERNAL", f"--environment_config={LOOPBACK}:{WORKER_POOL_PORT}",
-        f"--parallelism={parallelism}", f"--output={output}", *args], log_dir, "flink")
+        f"--parallelism={parallelism}", f"--output={output}", *args], log_dir, "flink",
+        program=program)
     jobs = flink_rest("/jobs/overview")["jobs"]
     if not jobs or any(job["state"] != "FINISHED" for job in jobs):
       raise RuntimeError(f"Flink jobs not all finished: {jobs}")
@@ -390,10 +398,12 @@ def run_flink(output: str, args: typing.Sequence[str], log_dir: str, parallelism
       json.dump(jobs, f, indent=2)
 
 
-def run_prism(output: str, args: typing.Sequence[str], log_dir: str) -> None:
+def run_prism(output: str, args: typing.Sequence[str], log_dir: str,
+              program: typing.Sequence[str] = ENTRY) -> None:
   run_pipeline([
       "--runner=PrismRunner", f"--prism_location={prism_binary()}",
-      "--environment_type=LOOPBACK", f"--output={output}", *args], log_dir, "prism")
+      "--environment_type=LOOPBACK", f"--output={output}", *args], log_dir, "prism",
+      program=program)
 
 
 def translate_for_dataflow(output: str, args: typing.Sequence[str], log_dir: str) -> None:
@@ -446,6 +456,8 @@ ENGINES = {
     "direct-switch-plain-beam": functools.partial(run_direct_switch, as_launched=False),
     "flink": run_flink,
     "prism": run_prism,
+    "prism-build-only": functools.partial(run_prism, program=BUILD_ONLY),
+    "flink-build-only": functools.partial(run_flink, program=BUILD_ONLY),
     "dataflow": translate_for_dataflow,
 }
 

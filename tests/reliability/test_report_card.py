@@ -89,11 +89,12 @@ def _expected_figures(report: dict) -> dict:
     walk(f"checks/originals/{name}", value)
   for branch, entry in report["checks"]["generation"].items():
     walk(f"checks/generation/{branch}", entry)
+  walk("checks/read", report["checks"]["read"])
   return figures
 
 
 def _shown_value(text: str, path: str):
-  if path == "tags/rate":
+  if path == "tags/rate" or path.endswith("fraction"):
     return round(float(text.rstrip("%")) / 100, 4)
   return int(text.replace(",", ""))
 
