@@ -69,6 +69,9 @@ def main(argv=None):
   parser.description = __doc__
   parser.add_argument("--min_rows", type=int, default=900,
                       help="hold out each source with at least this many texts")
+  parser.add_argument("--held_out", default="",
+                      help="comma-separated sources to hold out (default: every source with "
+                           "--min_rows texts)")
   parser.add_argument("--json", action="store_true", help="print one JSON object")
   args = parser.parse_args(argv)
   examples = data.read_labels(args.labels)
@@ -83,7 +86,10 @@ def main(argv=None):
   sizes = {}
   for e in examples:
     sizes[e.source] = sizes.get(e.source, 0) + 1
-  held_out = sorted(s for s, n in sizes.items() if n >= args.min_rows)
+  held_out = sorted({s.strip() for s in args.held_out.split(",") if s.strip()}
+                    or {s for s, n in sizes.items() if n >= args.min_rows})
+  if not set(held_out) <= set(sizes):
+    raise SystemExit(f"no rows of the sources {sorted(set(held_out) - set(sizes))}")
   per_source, pooled_labels, pooled_unsafe = {}, [], []
   for source in held_out:
     per_source[source], labels, unsafe = fold(classifier, cache, examples, source, args)
