@@ -210,13 +210,11 @@ def write_flink_conf(conf_dir: str, slots: int) -> None:
       "taskmanager.bind-host": LOOPBACK,
       "taskmanager.numberOfTaskSlots": slots,
       "taskmanager.memory.process.size": "2048m",
-      # The graph's statistics and its commit step read every sink's output as side inputs:
-      # with them a stage has more channels than Flink's default network share (10%) can
-      # buffer ("Insufficient number of network buffers"). Beam's batch operators use little
-      # managed memory, so it gives way.
-      "taskmanager.memory.network.min": "384m",
-      "taskmanager.memory.network.max": "384m",
-      "taskmanager.memory.managed.fraction": "0.1",
+      # The graph's statistics and its commit step add many blocking exchanges, and Flink's
+      # sort-merge shuffle claims 512 network buffers for each result partition ("Insufficient
+      # number of network buffers" at the default network share). At this parallelism the
+      # hash-based blocking shuffle needs a few buffers a channel instead.
+      "taskmanager.network.sort-shuffle.min-parallelism": 1024,
       "parallelism.default": slots,
       # Batch jobs: no restarts hiding a failure, no checkpoints.
       "restart-strategy.type": "none",
