@@ -271,6 +271,18 @@ def test_a_head_on_cached_features_of_layers_4_to_6(tmp_path):
   assert np.abs(run_windows(make_session(paths["fp32"]), windows) - reference).max() < 1e-4
 
 
+def test_unsafe_bias_moves_only_the_2_3_boundary():
+  torch.manual_seed(0)
+  head = model.make_head(8, 4)
+  x = torch.randn(64, 8)
+  with torch.no_grad():
+    before = head(x)
+    model.shift_unsafe(head, 2.5)
+    after = head(x)
+  assert torch.allclose(after[:, 3], before[:, 3] + 2.5)
+  assert torch.equal(after[:, [0, 1, 2, 4, 5]], before[:, [0, 1, 2, 4, 5]])
+
+
 def test_source_weights_balance_sources_and_boost_globs():
   examples = [data.Example(str(i), "t", 0, s) for i, s in enumerate(["big"] * 9 + ["page_a"])]
   even = train.text_weights(examples, 0.0)
@@ -294,8 +306,16 @@ def test_leave_one_source_out_reports_every_held_out_source(tmp_path, capsys):
   labels = tmp_path / "labels.jsonl"
   labels.write_text("".join(json.dumps(r) + "\n" for r in rows))
   loso.main(["--labels", str(labels), "--min_rows", "10", "--head_epochs", "20",
-             "--head_lr", "1e-2", "--json"])
+             "--head_lr", "1e-2", "--unsafe_bias_grid=-20,0,20", "--json"])
   summary = json.loads(capsys.readouterr().out)
+  by_bias = {r["unsafe_bias"]: r for r in summary["by_unsafe_bias"]}
+  assert set(by_bias) == {-20.0, 0.0, 20.0}
+  # a bias moves score 3 alone: at +20 every text is scored 3; at -20 none is, and texts the
+  # head scores 4 (the fixture's unsafe score) stay 4
+  assert by_bias[-20.0]["pooled_recall_at_3"] == by_bias[0.0]["pooled_recall_at_3"]
+  assert by_bias[20.0]["pooled_recall_at_3"] == 1.0 and by_bias[20.0]["mean_flagged_at_1"] == 1.0
+  assert by_bias[0.0]["pooled_recall_at_3"] == pytest.approx(np.mean(
+      [r["recall_at_3"] for r in summary["by_source"].values() if r["recall_at_3"] is not None]))
   assert summary["held_out"] == ["forum", "news"]
   assert set(summary["by_source"]) == {"forum", "news"}
   assert summary["by_source"]["news"]["n"] == 60

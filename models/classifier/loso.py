@@ -30,13 +30,19 @@ from models.classifier import chunking, data, evaluate, features, model, train
 LOG = logging.getLogger("models.classifier.loso")
 
 
-def head_predictions(classifier, cache: features.WindowFeatures, rows: np.ndarray):
-  """(predicted score, P(>= 3) of the deciding window) of the texts `rows`, from the cache."""
+def head_predictions(classifier, cache: features.WindowFeatures, rows: np.ndarray,
+                     bias: float = 0.0):
+  """(predicted score, P(>= 3) of the deciding window) of the texts `rows`, from the cache.
+
+  `bias` is added to the logit of score 3 (`model.shift_unsafe`), as `train --unsafe_bias`
+  bakes it into the shipped head.
+  """
   subset = cache.of_texts(rows)
   columns = features.columns(classifier.feature_layers, classifier.encoder.config.hidden_size)
   with torch.no_grad():
-    probs = torch.softmax(classifier.head(
-        torch.from_numpy(subset.features[:, columns].astype(np.float32))), -1).numpy()
+    logits = classifier.head(torch.from_numpy(subset.features[:, columns].astype(np.float32)))
+    logits[:, 3] += bias
+    probs = torch.softmax(logits, -1).numpy()
   order = np.argsort(subset.owners, kind="stable")
   owners, probs = subset.owners[order], probs[order]
   bounds = np.flatnonzero(np.diff(owners)) + 1
@@ -47,8 +53,12 @@ def head_predictions(classifier, cache: features.WindowFeatures, rows: np.ndarra
   return (np.asarray([predicted[r] for r in rows]), np.asarray([unsafe[r] for r in rows]))
 
 
-def fold(classifier, cache, examples, held_out: str, args) -> dict:
-  """Fits the head without `held_out` and measures it on that source."""
+def fold(classifier, cache, examples, held_out: str, args, biases=()) -> tuple:
+  """Fits the head without `held_out` and measures it on that source.
+
+  Returns the figures at `--unsafe_bias`, the labels, P(>= 3), and the figures at each of
+  `biases` (the same fitted head, other thresholds).
+  """
   torch.manual_seed(args.seed)
   classifier.head = model.make_head(classifier.feature_size, args.head_hidden, args.head_dropout)
   rows = [i for i, e in enumerate(examples) if e.source != held_out and not data.is_dev(e.id)]
@@ -56,10 +66,35 @@ def fold(classifier, cache, examples, held_out: str, args) -> dict:
                  args)
   test = np.asarray([i for i, e in enumerate(examples) if e.source == held_out])
   labels = np.asarray([examples[i].score for i in test])
-  predicted, unsafe = head_predictions(classifier, cache, test)
+  predicted, unsafe = head_predictions(classifier, cache, test, args.unsafe_bias)
   result = evaluate.figures(labels, predicted, unsafe)
   result["flagged_at_1"] = float((predicted >= 1).mean())
-  return result, labels, unsafe
+  at_bias = {}
+  for bias in biases:
+    shifted, _ = head_predictions(classifier, cache, test, bias)
+    at_bias[bias] = evaluate.figures(labels, shifted, unsafe)
+    at_bias[bias]["flagged_at_1"] = float((shifted >= 1).mean())
+    at_bias[bias]["counts"] = [int(((labels >= 3) & (shifted >= 3)).sum()),
+                               int((labels >= 3).sum()), int((shifted >= 3).sum())]
+  return result, labels, unsafe, at_bias
+
+
+def bias_table(at_bias: dict) -> list[dict]:
+  """Per bias: the mean over held-out sources of Recall@3 and FPR@1, and the pooled Recall@3 and
+  precision@3 (over all held-out texts: a source of unsafe texts alone has no precision of its
+  own)."""
+  table = []
+  for bias in sorted({b for per in at_bias.values() for b in per}):
+    rows = [per[bias] for per in at_bias.values()]
+    def mean(key):
+      values = [r[key] for r in rows if r[key] is not None]
+      return float(np.mean(values)) if values else None
+    hits, positives, flagged = np.asarray([r["counts"] for r in rows]).sum(axis=0)
+    table.append({"unsafe_bias": bias, "mean_recall_at_3": mean("recall_at_3"),
+                  "pooled_recall_at_3": float(hits / max(positives, 1)),
+                  "pooled_precision_at_3": float(hits / max(flagged, 1)),
+                  "mean_fpr_score0": mean("fpr_score0"), "mean_flagged_at_1": mean("flagged_at_1")})
+  return table
 
 
 def main(argv=None):
@@ -72,16 +107,15 @@ def main(argv=None):
   parser.add_argument("--held_out", default="",
                       help="comma-separated sources to hold out (default: every source with "
                            "--min_rows texts)")
+  parser.add_argument("--unsafe_bias_grid", default="",
+                      help="comma-separated values of --unsafe_bias to measure on every fold "
+                           "(the same fitted heads): prints the mean figures of each")
   parser.add_argument("--json", action="store_true", help="print one JSON object")
   args = parser.parse_args(argv)
   examples = data.read_labels(args.labels)
-  layers = tuple(int(x) for x in args.feature_layers.split(",") if x.strip())
-  classifier = model.SafetyClassifier(model.load_encoder(), layers, args.head_hidden,
-                                      args.head_dropout)
-  if args.adapters:
-    with open(args.adapters.rsplit("/", 1)[0] + "/classifier.json") as f:
-      model.load_adapters(classifier, model.adapter_state_of(args.adapters), json.load(f),
-                          merge=False)
+  biases = [float(b) for b in args.unsafe_bias_grid.split(",") if b.strip()]
+  classifier, _ = model.with_adapters(train.feature_layers(args), args.head_hidden,
+                                      args.head_dropout, args.adapters)
   cache = train.cached_features(classifier, examples, args)
   sizes = {}
   for e in examples:
@@ -90,9 +124,10 @@ def main(argv=None):
                     or {s for s, n in sizes.items() if n >= args.min_rows})
   if not set(held_out) <= set(sizes):
     raise SystemExit(f"no rows of the sources {sorted(set(held_out) - set(sizes))}")
-  per_source, pooled_labels, pooled_unsafe = {}, [], []
+  per_source, pooled_labels, pooled_unsafe, at_bias = {}, [], [], {}
   for source in held_out:
-    per_source[source], labels, unsafe = fold(classifier, cache, examples, source, args)
+    per_source[source], labels, unsafe, at_bias[source] = fold(
+        classifier, cache, examples, source, args, biases)
     pooled_labels.append(labels)
     pooled_unsafe.append(unsafe)
     LOG.info("held out %s: %s", source, json.dumps(per_source[source]))
@@ -110,6 +145,7 @@ def main(argv=None):
       "worst_fpr_source": max(fprs, key=fprs.get) if fprs else None,
       "worst_fpr_score0": max(fprs.values()) if fprs else None,
       "by_source": per_source,
+      "by_unsafe_bias": bias_table(at_bias),
   }
   if args.json:
     json.dump(summary, sys.stdout, sort_keys=True)
@@ -126,6 +162,15 @@ def main(argv=None):
         f"({summary['worst_auroc_source']}), pooled {summary['pooled_auroc']:.4f}; "
         f"mean FPR@1 {summary['mean_fpr_score0']:.4f}, worst {summary['worst_fpr_score0']:.4f} "
         f"({summary['worst_fpr_source']})")
+  if summary["by_unsafe_bias"]:
+    print(f"{'unsafe bias':>12}{'recall@3':>10}{'fpr@1':>9}{'flag>=1':>9}"
+          f"{'pooled r@3':>11}{'pooled p@3':>11}  (means over held-out sources)")
+    for r in summary["by_unsafe_bias"]:
+      cells = [r["mean_recall_at_3"], r["mean_fpr_score0"], r["mean_flagged_at_1"],
+               r["pooled_recall_at_3"], r["pooled_precision_at_3"]]
+      print(f"{r['unsafe_bias']:>12.2f}" + "".join(
+          ("-" if v is None else f"{v:.4f}").rjust((10, 9, 9, 11, 11)[i])
+          for i, v in enumerate(cells)))
 
 
 if __name__ == "__main__":

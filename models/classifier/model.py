@@ -167,6 +167,36 @@ def load_adapters(classifier: SafetyClassifier, adapter_state: dict, config: dic
   return classifier
 
 
+def with_adapters(feature_layers: typing.Sequence[int], head_hidden: int, head_dropout: float,
+                  adapters: str = "") -> tuple[SafetyClassifier, dict]:
+  """A classifier with a new head, on the encoder adapted by the weights file `adapters`.
+
+  Returns the classifier (adapters unmerged, so the features match the cached ones) and the
+  settings of the run that trained the adapters (the `classifier.json` beside the file; empty
+  without adapters). Training and leave-one-source-out validation both start here.
+  """
+  classifier = SafetyClassifier(load_encoder(), tuple(feature_layers), head_hidden, head_dropout)
+  settings: dict = {}
+  if adapters:
+    with open(os.path.join(os.path.dirname(adapters) or ".", "classifier.json")) as f:
+      settings = json.load(f)
+    load_adapters(classifier, adapter_state_of(adapters), settings, merge=False)
+  return classifier, settings
+
+
+def shift_unsafe(head: nn.Module, bias: float) -> None:
+  """Adds `bias` to the head's logit of score 3: the 2/3 decision threshold, baked into the head.
+
+  Moves the boundary between "rephrase" (1-2) and "refuse" (3-5) without retraining. Only score
+  3's logit moves: shifting 4 and 5 as well sends more boilerplate pages to RefuseWeb (measured
+  on the dev raw pages), while Recall@3 needs only the 2/3 boundary. P(>= 3) stays nearly a
+  monotone function of the old one, so AUROC barely moves.
+  """
+  last = head if isinstance(head, nn.Linear) else head[-1]
+  with torch.no_grad():
+    last.bias[3] += bias
+
+
 def adapter_state_of(weights_file: str) -> dict[str, torch.Tensor]:
   """The LoRA adapter tensors of a weights file (empty when it has none)."""
   from safetensors.torch import load_file

