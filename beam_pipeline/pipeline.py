@@ -20,6 +20,7 @@ import os
 import apache_beam as beam
 
 from beam_pipeline.options import SafetyPretrainingOptions
+from models.classifier import artifacts
 from models.classifier.handler import OnnxSafetyModelHandler
 from transforms.deadletter import DEAD_LETTER
 from transforms.documents import DOCUMENTS, Document, ReadDocuments
@@ -34,7 +35,17 @@ from transforms.scoring import ScoreSafety, document_text
 from transforms.tagging import HarmfulnessTag
 
 
-def classifier_handler(options: SafetyPretrainingOptions) -> OnnxSafetyModelHandler:
+def classifier_handler(options: SafetyPretrainingOptions,
+                       pipeline: beam.Pipeline) -> OnnxSafetyModelHandler:
+  """The classifier's ModelHandler, its model settled here, where the graph is built, as the
+  workers will read it (`artifacts.launch_location`: without --classifier_model the default
+  model is built here; a local model is staged under a remote temp location for workers on
+  other machines). The result is written back to --classifier_model, in `options` and in the
+  pipeline's own copy of them (beam.Pipeline deep-copies its options), so the job's recorded
+  options name the model its workers read. Workers then only download it: they have no torch."""
+  options.classifier_model = artifacts.launch_location(
+      options.classifier_model, pipeline.runner, pipeline.options)
+  pipeline.options.view_as(SafetyPretrainingOptions).classifier_model = options.classifier_model
   return OnnxSafetyModelHandler(
       model_path=options.classifier_model, device=options.classifier_device,
       intra_op_threads=options.classifier_threads)
@@ -168,7 +179,7 @@ def build_curate(pipeline: beam.Pipeline, options: SafetyPretrainingOptions, sta
   dead_letters.append(documents[DEAD_LETTER])
   tallies = [documents[DOCUMENTS] | "TallyRead" >> Tallies(run_report.read_tallies)]
 
-  scorer = classifier_handler(options)
+  scorer = classifier_handler(options, pipeline)
   scored = documents[DOCUMENTS] | "Score" >> ScoreSafety(scorer, options.window, options.overlap)
   dead_letters.append(scored[DEAD_LETTER])
   tallies.append(scored[DOCUMENTS] | "TallyScored" >> Tallies(run_report.scored_tallies))

@@ -26,6 +26,9 @@ from transforms.report_card import REPORT_CARD
 # How an input file that cannot be read at all (transforms.documents.UnreadableFileError) reads in
 # the runner's error, which wraps it in tracebacks and the step's name.
 _UNREADABLE_FILE = re.compile(r"cannot read input file .*?(?=\s*\[while running|\n|$)")
+# How a worker without a classifier model (models.classifier.artifacts.NoClassifierModel) reads
+# in the runner's error: one line that says what to pass.
+_NO_CLASSIFIER_MODEL = re.compile(r"no classifier model.*?(?=\s*\[while running|\n|$)")
 
 
 def _job_not_run(options, result) -> bool:
@@ -94,10 +97,10 @@ def main(argv=None):
     print(f"error: {error}", file=sys.stderr)
     sys.exit(2)
   except Exception as error:  # pylint: disable=broad-except
-    unreadable = _UNREADABLE_FILE.search(str(error))
-    if not unreadable:
+    known = _UNREADABLE_FILE.search(str(error)) or _NO_CLASSIFIER_MODEL.search(str(error))
+    if not known:
       raise
-    print(f"error: {unreadable.group(0)}", file=sys.stderr)
+    print(f"error: {known.group(0)}", file=sys.stderr)
     sys.exit(2)
   if report is None:
     sys.exit(0)

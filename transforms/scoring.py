@@ -1,7 +1,8 @@
 """ScoreSafety: windows of the encoder's length -> RunInference with the classifier -> max.
 
-Each document is tokenized into windows (`models.classifier.chunking.Windower`), the
-classifier's ModelHandler scores all windows of a batch of documents in one RunInference call,
+Each document is tokenized into windows (`models.classifier.chunking.Windower`) with the
+tokenizer.json of the model folder (so a worker needs no encoder package), the classifier's
+ModelHandler scores all windows of a batch of documents in one RunInference call,
 and the document gets the maximum score over its windows, its per-window scores, and the 6
 probabilities of the window that decided it. A batch that fails inference goes to dead letter.
 """
@@ -21,16 +22,19 @@ def document_text(document: Document) -> str:
 
 
 class _ToWindows(beam.DoFn):
-  """Document -> (document, its token windows); the tokenizer loads once per worker."""
+  """Document -> (document, its token windows); the tokenizer loads once per worker, from the
+  model's own tokenizer.json (the handler's `tokenizer_folder()`, downloading a remote model)."""
 
-  def __init__(self, window: int, overlap: int, text_of):
+  def __init__(self, window: int, overlap: int, text_of, model_handler):
     self._window = window
     self._overlap = overlap
     self._text_of = text_of
+    self._model_handler = model_handler
     self._windower = None
 
   def setup(self):
-    self._windower = Windower(self._window, self._overlap)
+    self._windower = Windower(self._window, self._overlap,
+                              tokenizer_path=self._model_handler.tokenizer_folder())
 
   def process(self, document: Document):
     windows = self._windower.split_ids(self._windower.content_ids([self._text_of(document)])[0])
@@ -48,7 +52,8 @@ class ScoreSafety(beam.PTransform):
   """Scores each Document 0-5 with the safety classifier (max over windows).
 
   Args:
-    model_handler: a ModelHandler from token windows to window probabilities, by default
+    model_handler: a ModelHandler from token windows to window probabilities, with a
+      `tokenizer_folder()` method that gives the local folder of the model's tokenizer.json:
       `models.classifier.handler.OnnxSafetyModelHandler`.
     window / overlap: the window length and overlap in tokens.
     stage: the stage named in counters (`<stage>.score_<n>`) and in dead letters of failed
@@ -71,7 +76,8 @@ class ScoreSafety(beam.PTransform):
   def expand(self, documents):
     inference = (
         documents
-        | "Windows" >> beam.ParDo(_ToWindows(self._window, self._overlap, self._text_of))
+        | "Windows" >> beam.ParDo(
+            _ToWindows(self._window, self._overlap, self._text_of, self._model_handler))
         | "Classify" >> RunInference(KeyedModelHandler(self._model_handler))
         .with_exception_handling())
     scored, failures = inference

@@ -43,9 +43,15 @@ from models.classifier.handler import make_session, run_windows
 
 def score_texts(texts, model_path: str, window: int, overlap: int, batch_texts: int = 256,
                 max_batch_tokens: int = 0):
-  """(predicted scores, P(score >= 3) of the most unsafe window) for each text."""
-  session = make_session(model_path)
-  windower = chunking.Windower(window, overlap)
+  """(predicted scores, P(score >= 3) of the most unsafe window) for each text.
+
+  `model_path` is a model location as the pipeline takes it (folder, or .onnx file with its
+  tokenizer.json beside it; local or gs://), windowed with the model's own tokenizer, so a
+  checkpoint exported with another vocabulary is measured as the pipeline scores with it."""
+  from models.classifier import artifacts
+  files = artifacts.local_files(model_path)
+  session = make_session(files.onnx)
+  windower = chunking.Windower(window, overlap, tokenizer_path=files.tokenizer_folder)
   scores, unsafe_probs = [], []
   for start in range(0, len(texts), batch_texts):
     per_text = windower.windows(texts[start:start + batch_texts])
@@ -213,7 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
       formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--labels", required=True, help="JSONL with text and score_0_5")
   parser.add_argument("--model", default=None,
-                      help="ONNX file (default: the shipped int8 classifier)")
+                      help="model folder or ONNX file with tokenizer.json beside it, as "
+                           "--classifier_model takes it (default: the shipped int8 classifier)")
   parser.add_argument("--split", choices=["all", "dev", "train"], default="all",
                       help="rows to use: all, or the dev/train split by the stable id hash")
   parser.add_argument("--sources", default="",

@@ -9,6 +9,10 @@ head and softmax. The encoder is exported with eager attention so ONNX Runtime's
 optimizer fuses attention, layer norms and GELU. The result is deterministic: the same weights
 and library versions give the same bytes. Without `--output_dir` the files go to a cache folder
 named by a fingerprint of the weights and the library versions, where the pipeline finds them.
+
+Beside the graphs goes the `tokenizer.json` the model windows text with, so that the folder is
+all a worker needs (`models.classifier.artifacts`): workers have no encoder package and no
+torch, and never run this module.
 """
 
 from __future__ import annotations
@@ -23,11 +27,11 @@ import tempfile
 
 from models.cache import cache_root
 from models.classifier import model
+from models.classifier.artifacts import FP32_NAME, INT8_NAME, TOKENIZER_NAME
+from models.classifier.chunking import encoder_dir
 
 LOG = logging.getLogger("models.classifier.export")
 
-FP32_NAME = "model.onnx"
-INT8_NAME = "model.int8.onnx"
 OPSET = 17
 
 
@@ -48,10 +52,30 @@ def fingerprint(weights_file: str = model.WEIGHTS_FILE, config_file: str = model
 
 
 def export(weights_file: str, config_file: str, output_dir: str) -> dict[str, str]:
-  """Writes model.onnx (fp32, fused) and model.int8.onnx into output_dir; returns their paths."""
+  """Writes model.onnx (fp32, fused), model.int8.onnx and the encoder's tokenizer.json into
+  output_dir: a model folder as workers read it. Returns the three paths."""
   classifier = model.load_classifier(weights_file, config_file)
-  return export_graph(model.ProbabilityModel(classifier).eval(), classifier.encoder.config,
-                      output_dir, output_name="probs")
+  paths = export_graph(model.ProbabilityModel(classifier).eval(), classifier.encoder.config,
+                       output_dir, output_name="probs")
+  paths["tokenizer"] = add_tokenizer(output_dir)
+  return paths
+
+
+def add_tokenizer(folder: str, source: str | None = None) -> str:
+  """Copies tokenizer.json (default: the encoder package's) into `folder`, through a temporary
+  name of its own and a rename, so that a process reading the folder meanwhile never sees part
+  of it; returns its path."""
+  target = os.path.join(folder, TOKENIZER_NAME)
+  handle, partial = tempfile.mkstemp(prefix=f".{TOKENIZER_NAME}.", suffix=".part", dir=folder)
+  os.close(handle)
+  try:
+    shutil.copyfile(source or os.path.join(encoder_dir(), TOKENIZER_NAME), partial)
+    os.chmod(partial, 0o644)
+    os.replace(partial, target)
+  finally:
+    if os.path.exists(partial):
+      os.unlink(partial)
+  return target
 
 
 def export_hf(hf_model: str, output_dir: str) -> dict[str, str]:
@@ -77,13 +101,12 @@ def export_hf(hf_model: str, output_dir: str) -> dict[str, str]:
   if classifier.config.num_labels != 6:
     raise SystemExit(f"{hf_model} has {classifier.config.num_labels} labels; the safety scale "
                      "needs 6 (scores 0-5, label i = score i)")
-  tokenizer = os.path.join(hf_model, "tokenizer.json")
+  tokenizer = os.path.join(hf_model, TOKENIZER_NAME)
   if not os.path.exists(tokenizer):
     raise SystemExit(f"{hf_model} has no tokenizer.json (a fast tokenizer): save it with "
                      "AutoTokenizer.from_pretrained(...).save_pretrained(DIR)")
   paths = export_graph(HfProbabilities(classifier).eval(), classifier.config, output_dir)
-  shutil.copyfile(tokenizer, os.path.join(output_dir, "tokenizer.json"))
-  paths["tokenizer"] = os.path.join(output_dir, "tokenizer.json")
+  paths["tokenizer"] = add_tokenizer(output_dir, tokenizer)
   return paths
 
 
@@ -125,10 +148,17 @@ def export_graph(graph, config, output_dir: str, output_name: str = "probs",
 
 def ensure_exported(weights_file: str = model.WEIGHTS_FILE,
                     config_file: str = model.CONFIG_FILE) -> dict[str, str]:
-  """The cached ONNX files of the committed classifier, built once per machine."""
+  """The cached model folder of the committed classifier (ONNX files and tokenizer.json), built
+  once per machine. This runs where the pipeline is launched, never on a worker: the fingerprint
+  alone imports torch and transformers."""
   folder = os.path.join(cache_root(), "classifier", fingerprint(weights_file, config_file))
-  paths = {"fp32": os.path.join(folder, FP32_NAME), "int8": os.path.join(folder, INT8_NAME)}
-  if all(os.path.exists(p) for p in paths.values()):
+  paths = {"fp32": os.path.join(folder, FP32_NAME), "int8": os.path.join(folder, INT8_NAME),
+           "tokenizer": os.path.join(folder, TOKENIZER_NAME)}
+  if all(os.path.exists(paths[p]) for p in ("fp32", "int8")):
+    # A folder exported before the tokenizer went beside the graphs gets it now; the tokenizer
+    # comes from the same pinned encoder package as the encoder weights the fingerprint covers.
+    if not os.path.exists(paths["tokenizer"]):
+      add_tokenizer(folder)
     return paths
   os.makedirs(os.path.dirname(folder), exist_ok=True)
   staging = tempfile.mkdtemp(prefix=".export-", dir=os.path.dirname(folder))
@@ -146,7 +176,8 @@ def ensure_exported(weights_file: str = model.WEIGHTS_FILE,
 
 
 def default_model_path(precision: str = "int8") -> str:
-  """The shipped classifier file (int8 unless asked otherwise), exported if not yet cached."""
+  """The shipped classifier file (int8 unless asked otherwise), exported if not yet cached;
+  tokenizer.json lies beside it."""
   return ensure_exported()[precision]
 
 
@@ -163,8 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "with 6 labels (e.g. a released safety classifier), exported to the "
                            "same contract; needs --output_dir")
   parser.add_argument("--output_dir", default=None,
-                      help="folder for model.onnx and model.int8.onnx (default: the cache folder "
-                           "that the pipeline reads)")
+                      help="model folder for model.onnx, model.int8.onnx and tokenizer.json "
+                           "(default: the cache folder that the pipeline reads); pass it as "
+                           "--classifier_model")
   return parser
 
 

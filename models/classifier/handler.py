@@ -12,6 +12,12 @@ different bytes; one window per call is deterministic, and on CPU it is also fas
 already gives the matrix products up to 256 rows; see benchmarks/classifier_throughput.py).
 With `max_batch_tokens > 0` (for GPUs), the windows of a batch are sorted by length and run in
 padded sub-batches of similar length under that token budget.
+
+The handler reads a built model folder (the ONNX graph and its tokenizer.json) and never builds
+one: workers have ONNX Runtime but no torch (`models.classifier.artifacts`). Where the graph is
+built, `beam_pipeline.pipeline` settles which model that is (the default one built and staged
+there); a handler without a model and without $SAFETY_PRETRAINING_CLASSIFIER stops at
+`load_model` with `NoClassifierModel`.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ import typing
 
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+
+from models.classifier import artifacts
 
 Windows = typing.Union[np.ndarray, typing.Sequence[np.ndarray]]
 
@@ -66,8 +74,10 @@ class OnnxSafetyModelHandler(ModelHandler[Windows, np.ndarray, typing.Any]):
   """Scores token windows with the exported safety classifier on ONNX Runtime.
 
   Args:
-    model_path: the ONNX file (local or any path Beam's FileSystems knows); default: the
-      shipped int8 classifier, exported into the cache folder on first use.
+    model_path: a model folder (its model.int8.onnx) or an ONNX file with tokenizer.json beside
+      it, local or any path Beam's FileSystems knows (a remote one is downloaded once per
+      machine); None: the folder $SAFETY_PRETRAINING_CLASSIFIER names, else load_model raises
+      NoClassifierModel.
     device: "cpu" (default) or "cuda" (CUDA execution provider, CPU fallback).
     intra_op_threads: ONNX Runtime threads per session (0: its default, one per core).
     max_batch_tokens: 0 (default): one window per ONNX Runtime call, deterministic and fastest
@@ -87,29 +97,23 @@ class OnnxSafetyModelHandler(ModelHandler[Windows, np.ndarray, typing.Any]):
     self._max_batch_tokens = max_batch_tokens
     self._batching = {"min_batch_size": min_batch_size, "max_batch_size": max_batch_size}
 
-  def _local_model_path(self) -> str:
-    if self._model_path is None:
-      from models.classifier.export import default_model_path
-      return default_model_path()
-    from apache_beam.io.filesystems import FileSystems
-    if FileSystems.get_scheme(self._model_path) in (None, "file"):
-      return self._model_path
-    import hashlib
-    import os
-    import tempfile
-    local = os.path.join(
-        tempfile.gettempdir(),
-        "safety-classifier-" + hashlib.sha256(self._model_path.encode()).hexdigest()[:16] + ".onnx")
-    if not os.path.exists(local):
-      with FileSystems.open(self._model_path, compression_type="uncompressed") as src:
-        data = src.read()
-      with open(local + ".tmp", "wb") as dst:
-        dst.write(data)
-      os.replace(local + ".tmp", local)
-    return local
+  @property
+  def model_path(self) -> str | None:
+    """The model location as given (None: the one $SAFETY_PRETRAINING_CLASSIFIER names)."""
+    return self._model_path
+
+  def model_files(self) -> artifacts.ModelFiles:
+    """The model's ONNX file and tokenizer.json on this machine, downloaded if remote. Not
+    kept on the handler: the handler is pickled to workers, where a launcher's path means
+    nothing, and after the first download each call only checks the files' sizes."""
+    return artifacts.local_files(self._model_path)
+
+  def tokenizer_folder(self) -> str:
+    """The folder of the model's tokenizer.json, for `chunking.Windower(tokenizer_path=...)`."""
+    return self.model_files().tokenizer_folder
 
   def load_model(self):
-    return make_session(self._local_model_path(), self._device, self._intra_op_threads)
+    return make_session(self.model_files().onnx, self._device, self._intra_op_threads)
 
   def run_inference(self, batch, model, inference_args=None):
     flat, owners = [], []

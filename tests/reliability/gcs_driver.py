@@ -8,20 +8,25 @@ credentials at once as on a Google Cloud worker (without it, Beam retries the cr
 for about 30 s before going on anonymously). Then, with STORAGE_EMULATOR_HOST pointing at the
 emulator:
 
-1. uploads the input documents and the classifier's ONNX file with google-cloud-storage;
+1. uploads the input documents and the classifier's model folder (model.int8.onnx and
+   tokenizer.json) with google-cloud-storage;
 2. runs the pipeline with gs:// input, output and --classifier_model (Beam's FileSystems);
 3. runs it again into the same gs:// output, which must be refused, and once more with
    --overwrite;
 4. runs it on the same input from local files with the local classifier;
-5. downloads every gs:// output object with google-cloud-storage.
+5. downloads every gs:// output object with google-cloud-storage;
+6. downloads the gs:// model folder in several processes at once into one folder, as the SDK
+   processes of one worker machine do (models.classifier.artifacts.download).
 
 It prints one JSON line with what it found; the test checks it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import http.server
 import json
+import multiprocessing
 import os
 import socket
 import subprocess
@@ -137,12 +142,14 @@ def _exercise(workdir: str) -> dict:
   for name in sorted(os.listdir(local_input)):
     bucket.blob(f"in/{name}").upload_from_filename(os.path.join(local_input, name))
   model = default_model_path()
-  bucket.blob("models/classifier.int8.onnx").upload_from_filename(model)
+  for name in ("model.int8.onnx", "tokenizer.json"):
+    bucket.blob(f"models/classifier/{name}").upload_from_filename(
+        os.path.join(os.path.dirname(model), name))
 
   common = ["--runner=DirectRunner", "--generation=off", "--num_shards=2",
             "--unreadable_files=dead_letter"]
   gs_args = common + [f"--input=gs://{BUCKET}/in/*", f"--output=gs://{BUCKET}/out",
-                      f"--classifier_model=gs://{BUCKET}/models/classifier.int8.onnx"]
+                      f"--classifier_model=gs://{BUCKET}/models/classifier"]
   started = time.monotonic()
   gs_report = entry.run(gs_args)
   gs_seconds = time.monotonic() - started
@@ -163,6 +170,8 @@ def _exercise(workdir: str) -> dict:
   local_files = output_tree(local_output)
   model_copies = [name for name in os.listdir(os.environ.get("TMPDIR", "/tmp"))
                   if name.startswith("safety-classifier-")]
+  concurrent = _download_at_once(f"gs://{BUCKET}/models/classifier",
+                                 os.path.join(workdir, "concurrent"), processes=3)
   return {
       "gs_report": gs_report,
       "overwrite_report": overwrite_report,
@@ -175,8 +184,43 @@ def _exercise(workdir: str) -> dict:
       "different": sorted(name for name in local_files
                           if gs_files.get(name) != local_files[name]),
       "model_copies": model_copies,
+      "model_sha256": {name: _sha256(os.path.join(os.path.dirname(model), name))
+                       for name in ("model.int8.onnx", "tokenizer.json")},
+      "concurrent": concurrent,
       "authenticated": bool(os.environ.get("GCE_METADATA_HOST")),
   }
+
+
+def _sha256(path: str) -> str:
+  with open(path, "rb") as f:
+    return hashlib.sha256(f.read()).hexdigest()
+
+
+def _download_in_process(location: str, root: str, barrier, results) -> None:
+  """One SDK process's download: all start together once every process has imported Beam."""
+  from models.classifier import artifacts  # pylint: disable=import-outside-toplevel
+  files = artifacts.files_of(location)
+  barrier.wait(timeout=120)
+  local = artifacts.download(files, root)
+  results.put({"onnx": local.onnx, "tokenizer": local.tokenizer,
+               "sha256": {os.path.basename(p): _sha256(p) for p in (local.onnx, local.tokenizer)}})
+
+
+def _download_at_once(location: str, root: str, processes: int) -> dict:
+  """The model downloaded by `processes` processes at once into one folder: what each got,
+  and every file left in the folder afterwards (temporary ones included)."""
+  context = multiprocessing.get_context("spawn")
+  barrier, results = context.Barrier(processes), context.Queue()
+  workers = [context.Process(target=_download_in_process, args=(location, root, barrier, results))
+             for _ in range(processes)]
+  for worker in workers:
+    worker.start()
+  got = [results.get(timeout=300) for _ in workers]
+  for worker in workers:
+    worker.join(timeout=60)
+  return {"got": got, "exit_codes": [worker.exitcode for worker in workers],
+          "files": sorted(os.path.relpath(os.path.join(folder, name), root)
+                          for folder, _, names in os.walk(root) for name in names)}
 
 
 if __name__ == "__main__":

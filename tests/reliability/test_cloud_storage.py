@@ -4,7 +4,8 @@ The emulator (the PyPI package gcp-storage-emulator, a server that speaks Cloud 
 API, batch requests included) and the pipeline run inside a private network namespace
 (`unshare -n`), so nothing but the namespace's own loopback is reachable. `gcs_driver.py` does
 the runs and reports what it found; this test checks it: the gs:// run reads its input and the
-classifier from the bucket through Beam's FileSystems, writes the same bytes as a local run,
+classifier's model folder from the bucket through Beam's FileSystems (downloaded safely by
+several processes at once), writes the same bytes as a local run,
 refuses a second run into its output without --overwrite, and leaves no staging objects.
 """
 
@@ -60,8 +61,17 @@ def test_gs_paths_through_beam_filesystems_and_google_cloud_storage(tmp_path):
   assert report["documents_read"] == 17 + 3 + 2
   assert report["dead_letters"] == {"read": {"invalid_json": 1},
                                     "validate": {"empty_text": 2}}
-  # The classifier was read from the bucket (copied once into the worker's temporary folder).
+  # The classifier's model folder was read from the bucket (copied once into the worker's
+  # temporary folder).
   assert len(found["model_copies"]) == 1
+  # Processes of one machine that download it at once each write a temporary file of their own
+  # and rename it into place: all get the whole model, and no temporary file is left.
+  concurrent = found["concurrent"]
+  assert concurrent["exit_codes"] == [0, 0, 0], concurrent
+  assert all(got["sha256"] == found["model_sha256"] for got in concurrent["got"]), concurrent
+  assert len({got["onnx"] for got in concurrent["got"]}) == 1
+  folder = os.path.basename(os.path.dirname(concurrent["got"][0]["onnx"]))
+  assert concurrent["files"] == [f"{folder}/model.int8.onnx", f"{folder}/tokenizer.json"]
   # Output on gs:// is byte for byte the output of the same run on local files.
   assert found["gs_names"] == found["local_names"]
   assert "report.json" in found["gs_names"] and "report.html" in found["gs_names"]

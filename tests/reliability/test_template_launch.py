@@ -2,7 +2,8 @@
 (DataflowRunner with --template_location), against the Cloud Storage emulator in a private
 network namespace (tests/reliability/template_driver.py). It must exit 0, say where the output
 and report will appear, and write a template whose job graph ends in CommitOutput: the job
-commits its own output, since nothing waits for it after the launch."""
+commits its own output, since nothing waits for it after the launch. The launch also stages the
+default classifier's model folder under the temp location, where the workers download it."""
 
 from __future__ import annotations
 
@@ -41,3 +42,12 @@ def test_template_launch_exits_0_and_its_graph_commits_itself(tmp_path):
   assert {"Read", "Score", "RunStatistics", "BuildReport", "CommitOutput"} <= set(steps), steps
   # Nothing was committed or staged under the output by the launch itself.
   assert not [name for name in found["objects"] if name.startswith("out/")], found["objects"]
+  # The launching side built the default classifier and staged its model folder under the
+  # job's temp location, named by its content; the job's options send the workers there (they
+  # only download it: lean workers have no torch to build it with).
+  staged = sorted(name for name in found["objects"]
+                  if name.startswith("tmp/safety-pretraining/classifier/"))
+  assert [name.rsplit("/", 1)[1] for name in staged] == ["model.int8.onnx", "tokenizer.json"]
+  folder = staged[0].rsplit("/", 1)[0]
+  options = spec["environment"]["sdkPipelineOptions"]["options"]
+  assert options["classifier_model"] == f"gs://safety-pretraining-test/{folder}", options
