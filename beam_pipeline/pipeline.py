@@ -84,6 +84,17 @@ def generation_hints(options: SafetyPretrainingOptions) -> dict[str, str]:
   """Beam resource hints for the generation steps (GPU workers on Dataflow), from the options."""
   hints = {}
   if options.generation_accelerator:
+    gpu_generator = options.generator == "vllm" or (
+        options.generator == "local" and getattr(options, "generator_device", "cpu") == "cuda")
+    if not gpu_generator:
+      # GPU workers cost many times a CPU worker; a hint that the backend never uses is money
+      # spent on idle accelerators (the remote endpoint or the CPU local backend does the work).
+      raise ValueError(
+          f"--generation_accelerator rents GPU workers, but --generator={options.generator} "
+          + ("calls a remote endpoint" if options.generator == "openai"
+             else "runs on the worker's CPU")
+          + " and would leave them idle: use --generator=vllm (or the local backend on cuda), "
+            "or drop --generation_accelerator")
     hints["accelerator"] = options.generation_accelerator
   if options.generation_min_ram:
     hints["min_ram"] = options.generation_min_ram

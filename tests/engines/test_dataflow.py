@@ -104,22 +104,54 @@ def test_dry_run_job_runs_on_the_template_image(dry_run, launch_body):
 
 
 @pytest.mark.slow
-def test_dry_run_puts_generation_alone_on_gpu_workers(dry_run, launch_body):
-  """--generation_accelerator hints the generation steps only; scoring stays on CPU workers."""
-  accelerator = launch_body["parameters"]["generation_accelerator"]
+def test_the_scheduled_launch_rents_no_gpu_its_generator_does_not_use(dry_run, launch_body):
+  """The schedule generates through a shared endpoint: every step on the CPU workers."""
+  assert launch_body["parameters"]["generator"] == "openai"
   hint = "beam:resources:accelerator:v1"
-  hints = {env_id: env["resource_hints"] for env_id, env in dry_run["environments"].items()}
+  assert not [env_id for env_id, env in dry_run["environments"].items()
+              if hint in env.get("resource_hints", {})]
+  assert "workerAccelerator" not in json.dumps(launch_body)
+
+
+@pytest.mark.slow
+def test_dry_run_puts_generation_alone_on_gpu_workers(tmp_path, launch_body):
+  """--generation_accelerator hints the generation steps only; scoring stays on CPU workers."""
+  accelerator = "type:nvidia-l4;count:1;install-nvidia-driver"
+  environment = launch_body["environment"]
+  output = str(tmp_path / "job")
+  run_engine("dataflow", output, "--input=gs://your-bucket/crawl/*.jsonl.gz",
+             "--output=gs://your-bucket/out", "--generator=vllm",
+             "--vllm_model=meta-llama/Llama-3.1-8B-Instruct",
+             f"--generation_accelerator={accelerator}", "--generation_min_ram=32GB",
+             f"--project={PROJECT}", f"--region={REGION}",
+             f"--temp_location={environment['tempLocation']}",
+             f"--sdk_container_image={environment['sdkContainerImage']}", timeout=300)
+  with open(os.path.join(output, "dataflow_job.json"), encoding="utf-8") as f:
+    job = json.load(f)
+  hint = "beam:resources:accelerator:v1"
+  hints = {env_id: env["resource_hints"] for env_id, env in job["environments"].items()}
   gpu_environments = {env_id for env_id, h in hints.items() if h.get(hint) == accelerator}
   assert gpu_environments
-  inference = [name for name in dry_run["transforms"]
+  inference = [name for name in job["transforms"]
                if name.split("/")[0] in GENERATION_STAGES and name.endswith("/BeamML_RunInference")]
   assert sorted(inference) == sorted(f"{s}/Generate/BeamML_RunInference" for s in GENERATION_STAGES)
-  for name, env_id in dry_run["transforms"].items():
+  for name, env_id in job["transforms"].items():
     stage = name.split("/")[0]
     if stage in GENERATION_STAGES and env_id:
       assert env_id in gpu_environments, name
     elif env_id:
       assert env_id not in gpu_environments, name
+
+
+@pytest.mark.parametrize("generator", ["local", "openai"])
+def test_an_accelerator_for_a_generator_that_never_uses_it_is_refused(generator):
+  from beam_pipeline import options as pipeline_options
+  from beam_pipeline import pipeline
+  options = pipeline_options.SafetyPretrainingOptions([
+      "--input=x", "--output=y", f"--generator={generator}",
+      "--generation_accelerator=type:nvidia-l4;count:1;install-nvidia-driver"])
+  with pytest.raises(ValueError, match="idle"):
+    pipeline.generation_hints(options)
 
 
 def test_metadata_names_exactly_the_pipeline_options(metadata):
