@@ -272,15 +272,15 @@ def test_a_head_on_cached_features_of_layers_4_to_6(tmp_path):
 
 
 def test_unsafe_bias_moves_only_the_2_3_boundary():
-  torch.manual_seed(0)
-  head = model.make_head(8, 4)
-  x = torch.randn(64, 8)
-  with torch.no_grad():
-    before = head(x)
-    model.shift_unsafe(head, 2.5)
-    after = head(x)
-  assert torch.allclose(after[:, 3], before[:, 3] + 2.5)
-  assert torch.equal(after[:, [0, 1, 2, 4, 5]], before[:, [0, 1, 2, 4, 5]])
+  logits = torch.tensor([[2.0, 0.0, 0.0, 1.8, 0.0, 0.0],    # 0, close to 3: becomes 3
+                         [0.0, 0.0, 2.0, 0.0, 0.0, 0.0],    # 2, far from 3: stays 2
+                         [0.0, 0.0, 0.0, 1.8, 2.0, 0.0],    # 4: stays 4 (never down to 3)
+                         [0.0, 0.0, 0.0, 0.0, 0.0, 1.0]])   # 5: untouched
+  shifted = model.shift_unsafe(logits, 0.5)
+  assert shifted.argmax(-1).tolist() == [3, 2, 4, 5]
+  assert torch.equal(shifted[2:], logits[2:])
+  assert torch.allclose(shifted[:2, 3], logits[:2, 3] + 0.5)
+  assert torch.equal(model.shift_unsafe(logits, 0.0), logits)
 
 
 def test_source_weights_balance_sources_and_boost_globs():

@@ -34,14 +34,14 @@ def head_predictions(classifier, cache: features.WindowFeatures, rows: np.ndarra
                      bias: float = 0.0):
   """(predicted score, P(>= 3) of the deciding window) of the texts `rows`, from the cache.
 
-  `bias` is added to the logit of score 3 (`model.shift_unsafe`), as `train --unsafe_bias`
-  bakes it into the shipped head.
+  `bias` is the 2/3 threshold (`model.shift_unsafe`), as `train --unsafe_bias` records it for
+  the exported graph.
   """
   subset = cache.of_texts(rows)
   columns = features.columns(classifier.feature_layers, classifier.encoder.config.hidden_size)
   with torch.no_grad():
-    logits = classifier.head(torch.from_numpy(subset.features[:, columns].astype(np.float32)))
-    logits[:, 3] += bias
+    logits = model.shift_unsafe(
+        classifier.head(torch.from_numpy(subset.features[:, columns].astype(np.float32))), bias)
     probs = torch.softmax(logits, -1).numpy()
   order = np.argsort(subset.owners, kind="stable")
   owners, probs = subset.owners[order], probs[order]
@@ -112,6 +112,8 @@ def main(argv=None):
                            "(the same fitted heads): prints the mean figures of each")
   parser.add_argument("--json", action="store_true", help="print one JSON object")
   args = parser.parse_args(argv)
+  if args.threads:
+    torch.set_num_threads(args.threads)
   examples = data.read_labels(args.labels)
   biases = [float(b) for b in args.unsafe_bias_grid.split(",") if b.strip()]
   classifier, _ = model.with_adapters(train.feature_layers(args), args.head_hidden,
@@ -146,6 +148,8 @@ def main(argv=None):
       "worst_fpr_score0": max(fprs.values()) if fprs else None,
       "by_source": per_source,
       "by_unsafe_bias": bias_table(at_bias),
+      "by_source_unsafe_bias": {source: {str(b): r for b, r in per.items()}
+                                for source, per in at_bias.items()},
   }
   if args.json:
     json.dump(summary, sys.stdout, sort_keys=True)

