@@ -179,9 +179,10 @@ class SafetyPretrainingOptions(PipelineOptions):
                          help="preamble: sentences about the task (not cut) a text may hold")
     quality.add_argument("--quality_max_refusals", type=int, default=0,
                          help="refusal: refusal phrases a safeweb or moral_education text may hold")
-    quality.add_argument("--quality_truncation", choices=["reject", "trim"], default="reject",
-                         help="truncation: a text stopped at --max_new_tokens is rejected, or "
-                              "cut back to its last full sentence (trim)")
+    quality.add_argument("--quality_truncation", choices=["reject", "trim"], default="trim",
+                         help="truncation: a text stopped at --max_new_tokens is cut back to "
+                              "its last full sentence when that keeps at least half of it "
+                              "(trim, counted), else rejected; reject: always rejected")
     quality.add_argument("--quality_max_repeated_ngrams", type=float, default=0.3,
                          help="repetition: the largest share of word 4-grams repeating one")
     quality.add_argument("--quality_min_length_ratio", type=float, default=0.2,

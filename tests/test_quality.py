@@ -139,6 +139,10 @@ def test_a_text_stopped_at_the_token_limit_fails_truncation():
   cut_off = GARDEN_TEXTBOOK + " Gardeners also build compost from kitchen"
   assert not check(quality.TRUNCATION, cut_off, finish=quality.FINISH_LENGTH)
   assert check(quality.TRUNCATION, GARDEN_TEXTBOOK, finish="stop")
+  # the unfinished tail is more than half the text: trimming would keep too little, rejected
+  short = "Gardens are shared. " + "Neighbours grow beans and squash and sunflowers and " * 4
+  assert QualityGate(KIND_REPHRASE).review(GARDEN_SOURCE, short, quality.FINISH_LENGTH).reason \
+      == "quality_truncation"
 
 
 def test_trim_cuts_a_truncated_text_back_to_its_last_sentence():
@@ -147,7 +151,8 @@ def test_trim_cuts_a_truncated_text_back_to_its_last_sentence():
   review = gate.review(GARDEN_SOURCE, cut_off, quality.FINISH_LENGTH)
   assert review.text == GARDEN_TEXTBOOK and quality.CUT_TRUNCATED in review.cuts
   assert review.reason == ""
-  rejecting = QualityGate(KIND_REPHRASE).review(GARDEN_SOURCE, cut_off, quality.FINISH_LENGTH)
+  rejecting = QualityGate(KIND_REPHRASE, QualitySettings(truncation="reject")).review(
+      GARDEN_SOURCE, cut_off, quality.FINISH_LENGTH)
   assert rejecting.reason == "quality_truncation"
 
 

@@ -81,7 +81,7 @@ class QualitySettings(typing.NamedTuple):
   """The thresholds of the checks (each is a `--quality_<name>` option)."""
   max_meta_sentences: int = 0  # preamble: meta-commentary sentences allowed after the cuts
   max_refusals: int = 0  # refusal: refusal phrases allowed (safeweb, moral_education)
-  truncation: str = "reject"  # truncation: "reject" a text at the token limit, or "trim" it
+  truncation: str = "trim"  # truncation: "trim" a text at the token limit, or "reject" it
   max_repeated_ngrams: float = 0.3  # repetition: share of word 4-grams that repeat one
   min_length_ratio: float = 0.2  # too_short: words of the text per word of the source
   min_words: int = 30  # too_short: the least words of any rewrite
