@@ -190,7 +190,7 @@ class SafetyPretrainingOptions(PipelineOptions):
     quality.add_argument("--quality_min_words", type=int, default=30,
                          help="too_short: the least words of a rewrite (both length bounds are "
                               "capped at half of --max_new_tokens)")
-    quality.add_argument("--quality_min_topic_similarity", type=float, default=0.5,
+    quality.add_argument("--quality_min_topic_similarity", type=float, default=0.1,
                          help="off_topic: the least cosine between source and text under the "
                               "classifier's encoder (see the README for its calibration)")
     quality.add_argument("--quality_refusal_parts", type=int, default=3,

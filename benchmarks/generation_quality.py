@@ -251,9 +251,28 @@ def main(argv=None):
   parser.add_argument("--json", action="store_true", help="print the figures as JSON")
   parser.add_argument("--output", default=None, help="also write the JSON (with every request's "
                       "source, output and verdict) to this file")
+  parser.add_argument("--llama_cpp", action="store_true",
+                      help="serve the SmolLM2 GGUF with llama.cpp's OpenAI-compatible server "
+                           "(.venv-llama, as tests/generation/servers.py runs it) on 127.0.0.1 "
+                           "and benchmark it through --generator=openai")
   args, pipeline_args = parser.parse_known_args(argv)
   if not any(a.startswith("--max_attempts") for a in pipeline_args):
     pipeline_args.append("--max_attempts=1")
+  if args.llama_cpp:
+    import tempfile
+    from models.generators.local import default_model_path
+    from tests.generation.servers import MODEL_ALIAS, LlamaServer
+    log = os.path.join(tempfile.mkdtemp(prefix="llama-"), "server.log")
+    with LlamaServer(default_model_path(), log) as server:
+      print(f"llama.cpp server at {server.base_url} (log {log})", file=sys.stderr)
+      return benchmark(args, pipeline_args + [
+          "--generator=openai", f"--openai_base_url={server.base_url}",
+          f"--openai_model={MODEL_ALIAS}", "--max_in_flight=1", "--request_timeout_s=900"])
+  return benchmark(args, pipeline_args)
+
+
+def benchmark(args, pipeline_args):
+  """Runs the benchmark with the pipeline options `pipeline_args`; prints the figures."""
   options = SafetyPretrainingOptions(pipeline_args)
 
   documents = pick_documents(args.data, args.per_band, options.seed)

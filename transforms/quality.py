@@ -85,7 +85,7 @@ class QualitySettings(typing.NamedTuple):
   max_repeated_ngrams: float = 0.3  # repetition: share of word 4-grams that repeat one
   min_length_ratio: float = 0.2  # too_short: words of the text per word of the source
   min_words: int = 30  # too_short: the least words of any rewrite
-  min_topic_similarity: float = 0.5  # off_topic: cosine of source and text embeddings
+  min_topic_similarity: float = 0.1  # off_topic: cosine of source and text embeddings
   refusal_parts: int = 3  # refuseweb_structure: of decline, explain, offer, how many are needed
   moral_min_words: int = 120  # moral_education_shape: the least words of an article
   max_personal_share: float = 0.02  # moral_education_shape: share of I/we/you words
