@@ -171,6 +171,41 @@ class SafetyPretrainingOptions(PipelineOptions):
                             help="Beam resource hint: memory per worker for the generation steps, "
                                  "e.g. 16GB")
 
+    quality = parser.add_argument_group(
+        "quality gate (every generated text; a failing one is retried, then dead-lettered as "
+        "quality_<check>; transforms/quality.py)")
+    quality.add_argument("--quality", choices=["on", "off"], default="on",
+                         help="off: texts are reviewed and reported, never cut or rejected")
+    quality.add_argument("--quality_checks", default="all",
+                         help="comma-separated checks to run (default all: preamble, refusal, "
+                              "truncation, repetition, too_short, off_topic, "
+                              "refuseweb_structure, moral_education_shape)")
+    quality.add_argument("--quality_max_meta_sentences", type=int, default=0,
+                         help="preamble: sentences about the task (not cut) a text may hold")
+    quality.add_argument("--quality_max_refusals", type=int, default=0,
+                         help="refusal: refusal phrases a safeweb or moral_education text may hold")
+    quality.add_argument("--quality_truncation", choices=["reject", "trim"], default="trim",
+                         help="truncation: a text stopped at --max_new_tokens is cut back to "
+                              "its last full sentence when that keeps at least half of it "
+                              "(trim, counted), else rejected; reject: always rejected")
+    quality.add_argument("--quality_max_repeated_ngrams", type=float, default=0.3,
+                         help="repetition: the largest share of word 4-grams repeating one")
+    quality.add_argument("--quality_min_length_ratio", type=float, default=0.2,
+                         help="too_short: words of a rewrite per word of its source")
+    quality.add_argument("--quality_min_words", type=int, default=30,
+                         help="too_short: the least words of a rewrite (both length bounds are "
+                              "capped at half of --max_new_tokens)")
+    quality.add_argument("--quality_min_topic_similarity", type=float, default=0.1,
+                         help="off_topic: the least cosine between source and text under the "
+                              "classifier's encoder (see the README for its calibration)")
+    quality.add_argument("--quality_refusal_parts", type=int, default=3,
+                         help="refuseweb_structure: of decline, explain and offer an "
+                              "alternative, how many the assistant's answer needs")
+    quality.add_argument("--quality_moral_min_words", type=int, default=120,
+                         help="moral_education_shape: the least words of an article")
+    quality.add_argument("--quality_max_personal_share", type=float, default=0.02,
+                         help="moral_education_shape: the largest share of I/we/you words")
+
     endpoint = parser.add_argument_group("openai generator (--generator=openai)")
     endpoint.add_argument("--openai_base_url", default=None,
                           help="base URL of the OpenAI-compatible API, e.g. "

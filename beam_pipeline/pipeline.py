@@ -23,7 +23,7 @@ from beam_pipeline.options import SafetyPretrainingOptions
 from models.classifier import artifacts
 from models.classifier.handler import OnnxSafetyModelHandler
 from transforms.deadletter import DEAD_LETTER
-from transforms.documents import DOCUMENTS, Document, ReadDocuments
+from transforms.documents import DOCUMENTS, STAGE_VALIDATE, Document, ReadDocuments
 from transforms.gate import SafetyGate
 from transforms.progress import LogProgress
 from transforms import report as run_report
@@ -32,7 +32,7 @@ from transforms.records import WriteDeadLetters, WriteDocuments
 from transforms.report import BRANCHES, GENERATION_STAGES, Tallies
 from transforms.routing import RAW, REFUSE, REPHRASE, TO_TAG, Bands, Route
 from transforms.scoring import ScoreSafety, document_text
-from transforms.tagging import HarmfulnessTag
+from transforms.tagging import HarmfulnessTag, StripTags
 
 
 def classifier_handler(options: SafetyPretrainingOptions,
@@ -101,11 +101,42 @@ def generation_hints(options: SafetyPretrainingOptions) -> dict[str, str]:
   return hints
 
 
+def quality_settings(options: SafetyPretrainingOptions):
+  """The quality gate's thresholds from the `--quality_*` options."""
+  from transforms.quality import QualitySettings
+  return QualitySettings(
+      max_meta_sentences=options.quality_max_meta_sentences,
+      max_refusals=options.quality_max_refusals, truncation=options.quality_truncation,
+      max_repeated_ngrams=options.quality_max_repeated_ngrams,
+      min_length_ratio=options.quality_min_length_ratio, min_words=options.quality_min_words,
+      min_topic_similarity=options.quality_min_topic_similarity,
+      refusal_parts=options.quality_refusal_parts,
+      moral_min_words=options.quality_moral_min_words,
+      max_personal_share=options.quality_max_personal_share,
+      max_new_tokens=options.max_new_tokens)
+
+
+def quality_gate(kind: str, options: SafetyPretrainingOptions):
+  """The quality gate of one generation kind, from the options; its off_topic check embeds
+  with the same classifier graph that scores (`--classifier_model`)."""
+  from transforms.quality import CHECKS, QualityGate, TextEncoder
+  checks = None if options.quality_checks == "all" else [
+      name.strip() for name in options.quality_checks.split(",") if name.strip()]
+  unknown = sorted(set(checks or ()) - set(CHECKS))
+  if unknown:
+    raise ValueError(f"--quality_checks: unknown checks {unknown}; expected some of {CHECKS}")
+  return QualityGate(
+      kind, quality_settings(options), TextEncoder(options.classifier_model, options.window,
+                                                   options.overlap),
+      enabled=options.quality == "on", checks=checks)
+
+
 def generation_step(transform_class, options: SafetyPretrainingOptions, generator):
-  """A generation transform with the options' retries and resource hints."""
+  """A generation transform with the options' retries, quality gate and resource hints."""
   transform = transform_class(
       generator, options.seed, max_attempts=options.max_attempts,
-      backoff_s=options.retry_backoff_s, max_backoff_s=options.max_backoff_s)
+      backoff_s=options.retry_backoff_s, max_backoff_s=options.max_backoff_s,
+      quality=quality_gate(transform_class.kind, options))
   hints = generation_hints(options)
   return transform.with_resource_hints(**hints) if hints else transform
 
@@ -185,10 +216,15 @@ def build(pipeline: beam.Pipeline, options: SafetyPretrainingOptions) -> str:
 
 def build_curate(pipeline: beam.Pipeline, options: SafetyPretrainingOptions, staging: str):
   """The curation graph, sinks writing under `staging`; returns (written paths, tallies)."""
-  dead_letters = []
-  documents = read_documents(pipeline, options)
+  dead_letters, written = [], []
+  read = read_documents(pipeline, options)
+  dead_letters.append(read[DEAD_LETTER])
+  # The tag comes only from the tagger: any copy a page carries is removed before scoring.
+  documents = read[DOCUMENTS] | "StripInputTags" >> StripTags(STAGE_VALIDATE)
   dead_letters.append(documents[DEAD_LETTER])
-  tallies = [documents[DOCUMENTS] | "TallyRead" >> Tallies(run_report.read_tallies)]
+  tallies = [
+      read[DOCUMENTS] | "TallyStrippedInput" >> Tallies(run_report.stripped_tallies, "input"),
+      documents[DOCUMENTS] | "TallyRead" >> Tallies(run_report.read_tallies)]
 
   scorer = classifier_handler(options, pipeline)
   scored = documents[DOCUMENTS] | "Score" >> ScoreSafety(scorer, options.window, options.overlap)
@@ -211,16 +247,25 @@ def build_curate(pipeline: beam.Pipeline, options: SafetyPretrainingOptions, sta
   dead_letters.append(tagged[DEAD_LETTER])
 
   if options.generation == "on":
-    from transforms.generation import MoralEducation, RefuseWeb, Rephrase, assistant_turns
+    from transforms.generation import (
+        REVIEWS, MoralEducation, RefuseWeb, Rephrase, assistant_turns)
+    from transforms.quality import WriteQualitySamples, review_tallies
     generator = generator_handler(options)
 
     def generate_and_gate(name, branch, transform, inputs, text_of=document_text):
       tallies.append(inputs | f"TallyRequests{name}" >> Tallies(
           run_report.request_tallies, GENERATION_STAGES[branch]))
       generated = inputs | name >> transform
-      gated = generated[DOCUMENTS] | f"Gate{name}" >> SafetyGate(
+      tallies.append(generated[REVIEWS] | f"TallyQuality{name}" >> Tallies(review_tallies))
+      written.append(generated[REVIEWS] | f"QualitySamples{name}" >> WriteQualitySamples(
+          staging))
+      tallies.append(generated[DOCUMENTS] | f"TallyStripped{name}" >> Tallies(
+          run_report.stripped_tallies, branch))
+      stripped = generated[DOCUMENTS] | f"StripTags{name}" >> StripTags(
+          GENERATION_STAGES[branch])
+      gated = stripped[DOCUMENTS] | f"Gate{name}" >> SafetyGate(
           scorer, branch, options.gate_max_score, options.window, options.overlap, text_of)
-      dead_letters.extend([generated[DEAD_LETTER], gated[DEAD_LETTER]])
+      dead_letters.extend([generated[DEAD_LETTER], stripped[DEAD_LETTER], gated[DEAD_LETTER]])
       return gated[DOCUMENTS]
 
     outputs["safeweb"] = generate_and_gate(
@@ -235,7 +280,6 @@ def build_curate(pipeline: beam.Pipeline, options: SafetyPretrainingOptions, sta
     for branch in ("safeweb", "refuseweb", "moral_education"):
       outputs[branch] = pipeline | f"No{branch}" >> beam.Create([]).with_output_types(Document)
 
-  written = []
   for branch in BRANCHES:
     written.append(outputs[branch] | f"Write{branch}" >> WriteDocuments(
         staging, branch, options.num_shards, **shard_bounds(options)))

@@ -146,8 +146,9 @@ def test_handler_keeps_input_order_and_is_deterministic(tiny_model_folder, tempe
   prompts = [_chat("short"), _chat("a much longer prompt " * 5), prefilled]
   results = handler.run_inference(prompts, model)
   assert [r.example for r in results] == prompts
-  assert all(isinstance(r.inference, str) and r.inference for r in results)
-  assert results[2].inference.startswith("User:")
+  assert all(isinstance(r.inference.text, str) and r.inference.text for r in results)
+  assert results[2].inference.text.startswith("User:")
+  assert all(r.inference.finish_reason in ("stop", "length") for r in results)
   again = handler.run_inference(list(reversed(prompts)), model)
   assert [r.inference for r in again] == [r.inference for r in reversed(results)]
   if temperature > 0:  # each prompt sampled on its own, with its own seed

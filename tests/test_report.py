@@ -69,3 +69,45 @@ def test_a_read_stage_that_dead_letters_most_records_fails():
   report = run_report.build_report(_counts(requests=0, failed=0, unsafe=0, read=4, unreadable=6))
   assert report["failed_checks"] == ["read_failures"]
   assert "dead-lettered 6 of 10 records" in run_report.failed_check_reason(report, "read_failures")
+
+
+def test_quality_reviews_become_pass_rates_per_branch_and_style():
+  import json
+  from transforms.quality import QualityReview, review_tallies
+  from transforms.report_card import render
+  reviews = [
+      # failed the preamble check, then passed after a cut: passed, not at the first attempt
+      QualityReview("safeweb", "textbook", "a", "src", "out", "",
+                    json.dumps([{"failed": ["preamble"], "cuts": []},
+                                {"failed": [], "cuts": ["preamble"]}])),
+      QualityReview("safeweb", "textbook", "b", "src", "out", "",
+                    json.dumps([{"failed": [], "cuts": []}])),
+      # never passed: truncated twice; and a transport failure that was never reviewed
+      QualityReview("safeweb", "podcast", "c", "src", "out", "quality_truncation",
+                    json.dumps([{"failed": ["truncation", "repetition"], "cuts": []}] * 2)),
+      QualityReview("refuseweb", "", "d", "src", "", "generation_timeout",
+                    json.dumps([{"error": "generation_timeout"}])),
+  ]
+  counters = {}
+  for review in reviews:
+    for name, _, n in review_tallies(review):
+      counters[name] = counters.get(name, 0) + n
+  report = run_report.build_report(counters)
+  textbook = report["quality"]["safeweb"]["textbook"]
+  assert (textbook["requests"], textbook["passed"], textbook["passed_first_attempt"]) == (2, 2, 1)
+  assert textbook["reviewed"] == 3 and textbook["cuts"] == {"preamble": 1}
+  assert textbook["checks"]["preamble"] == {"failed": 1, "pass_rate": round(2 / 3, 4)}
+  assert textbook["checks"]["off_topic"]["pass_rate"] == 1.0
+  podcast = report["quality"]["safeweb"]["podcast"]
+  assert podcast["pass_rate"] == 0.0 and podcast["checks"]["truncation"]["pass_rate"] == 0.0
+  refuse = report["quality"]["refuseweb"]["all"]
+  assert refuse["reviewed"] == 0 and refuse["checks"]["refuseweb_structure"]["pass_rate"] is None
+  assert "quality safeweb/podcast: 0 of 1 passed every check" in run_report.summary(report)
+  page = render(dict(report, quality_samples={"safeweb": {
+      "passed": [{"id": "a", "style": "textbook", "reason": "", "source": "<src>",
+                  "output": "out"}],
+      "rejected": [{"id": "c", "style": "podcast", "reason": "quality_truncation",
+                    "source": "src", "output": "cut off"}]}}))
+  assert 'data-figure="quality/safeweb/textbook/checks/preamble/pass_rate"' in page
+  assert 'data-verdict="rejected"' in page and "quality_truncation" in page
+  assert "&lt;src&gt;" in page

@@ -66,3 +66,54 @@ def test_safe_documents_get_no_tags_in_the_transform():
   with TestPipeline() as p:
     tagged = p | beam.Create(documents) | HarmfulnessTag(0.05, min_score=1, seed=0)
     assert_that(tagged["documents"], check)
+
+
+# --- the tag is never in safe data: strip_tags ------------------------------------------------
+
+from apache_beam.testing.util import equal_to  # noqa: E402
+
+from transforms.tagging import StripTags, count_tags, strip_tags  # noqa: E402
+
+NEAR_SPELLINGS = (
+    HARMFULNESS_TAG,
+    "</potentially_unsafe_content>",
+    "<potentially_unsafe_content/>",
+    "<POTENTIALLY_UNSAFE_CONTENT>",
+    "< potentially unsafe content >",
+    "<potentially-unsafe-content>",
+    "<potentiallyunsafecontent>",
+    "&lt;potentially_unsafe_content&gt;",
+    "\uff1cpotentially_unsafe_content\uff1e",
+    "<potent\u200bially_unsafe_content>",
+    "\\u003cpotentially_unsafe_content\\u003e",
+    "potentially_unsafe_content",
+)
+
+
+def test_every_near_spelling_of_the_tag_is_stripped_and_counted():
+  for spelling in NEAR_SPELLINGS:
+    text = f"Before {spelling} after, and again{spelling}here."
+    stripped, removed = strip_tags(text)
+    assert removed == 2, spelling
+    assert stripped == "Before after, and again here.", (spelling, stripped)
+    assert count_tags(text) == 2 and count_tags(stripped) == 0
+
+
+def test_text_without_the_tag_is_left_byte_for_byte():
+  for text in ("Potentially unsafe content warnings appear on some videos.",
+               "Use <b>bold</b> and <content> tags; potentially, unsafe.",
+               _long_text(500)):
+    assert strip_tags(text) == (text, 0)
+
+
+def test_strip_tags_transform_cleans_documents_and_dead_letters_a_text_of_only_tags():
+  documents = [Document(id="poisoned", text=f"Safe {HARMFULNESS_TAG}words here."),
+               Document(id="only-tags", text=f"{HARMFULNESS_TAG} &lt;potentially_unsafe_content&gt;"),
+               Document(id="clean", text="Nothing to strip.")]
+  with TestPipeline() as pipeline:
+    outputs = pipeline | beam.Create(documents) | StripTags("validate")
+    assert_that(outputs["documents"] | "Texts" >> beam.Map(lambda d: (d.id, d.text)),
+                equal_to([("clean", "Nothing to strip."), ("poisoned", "Safe words here.")]),
+                label="Kept")
+    assert_that(outputs["dead_letter"] | "Reasons" >> beam.Map(lambda d: (d.id, d.reason)),
+                equal_to([("only-tags", "empty_text")]), label="Dead")

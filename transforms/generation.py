@@ -9,6 +9,7 @@ result into a new `Document` or, with its reason and attempt count, a dead lette
 from __future__ import annotations
 
 import functools
+import json
 import re
 import typing
 
@@ -25,6 +26,10 @@ from transforms.documents import STAGE_MORAL_EDUCATION, STAGE_REFUSEWEB, STAGE_R
 from transforms.documents import UNSCORED, DeadLetter, Document
 from transforms.deadletter import DEAD_LETTER, DOCUMENTS, RecordStep, Reject, apply_step, count
 from transforms.deadletter import failed_batch_dead_letters
+from transforms.quality import SAMPLE_CHARS as REVIEW_CHARS
+from transforms.quality import QualityGate, QualityReview
+
+REVIEWS = "reviews"  # GenerateFrom's output of QualityReviews
 
 # The `stage` of the documents each step makes.
 OUTPUT_SAFEWEB = "safeweb"
@@ -200,6 +205,8 @@ class ParseReply(RecordStep):
     return {}
 
   def reject(self, reason: str, document: Document, generation: Generation, **detail) -> Reject:
+    if generation.quality:  # the quality gate's verdict on each attempt
+      detail["reviews"] = json.loads(generation.quality)
     return Reject(reason, **self.rejection_detail(document), attempts=generation.attempts,
                   reply=generation.text[:500], **detail)
 
@@ -214,22 +221,40 @@ class ParseReply(RecordStep):
     yield from self.parse(document, generation)
 
 
-def generate_keyed(requests, handler: ModelHandler, parse: ParseReply, output_type=None):
+def generate_keyed(requests, handler: ModelHandler, parse: ParseReply, output_type=None,
+                   review_of=None):
   """(source document, chat prompt) pairs -> RunInference with `handler` -> `parse`.
 
   Returns a dict: DOCUMENTS (`parse`'s outputs, typed `output_type`, by default Documents) and
   DEAD_LETTER: every request ends in exactly one of them; a batch the backend failed as a whole
-  becomes `generation_error` dead letters of `parse`'s stage.
+  becomes `generation_error` dead letters of `parse`'s stage. With `review_of`, a function of
+  one (source document, result) pair, also REVIEWS: its QualityReview of every request.
   """
   generated, failures = requests | "Generate" >> RunInference(
       KeyedModelHandler(handler)).with_exception_handling()
   parsed = apply_step(generated, "Parse", parse, output_type)
   failed = failures.failed_inferences | "FailedBatches" >> beam.FlatMap(
       failed_batch_dead_letters, parse.stage, GENERATION_ERROR).with_output_types(DeadLetter)
-  return {
+  outputs = {
       DOCUMENTS: parsed[DOCUMENTS],
       DEAD_LETTER: (parsed[DEAD_LETTER], failed) | "DeadLetters" >> beam.Flatten(),
   }
+  if review_of is not None:
+    outputs[REVIEWS] = generated | "Reviews" >> beam.Map(review_of).with_output_types(
+        QualityReview)
+  return outputs
+
+
+def review_record(keyed, kind: str, seed: int = 0) -> QualityReview:
+  """The QualityReview of one (source document, result) pair: branch, style, source and final
+  text side by side, the final reason and every attempt's review."""
+  document, result = keyed
+  generation = as_generation(getattr(result, "inference", result))
+  style = pick_style(document.id, seed) if kind == KIND_REPHRASE else ""
+  return QualityReview(
+      branch=_BRANCHES[kind].output_stage, style=style, id=document.id,
+      source_text=document.text[:REVIEW_CHARS], output_text=generation.text[:REVIEW_CHARS],
+      reason=generation.error, attempts=generation.quality or "[]")
 
 
 class ParseGeneration(ParseReply):
@@ -271,8 +296,11 @@ class GenerateFrom(beam.PTransform):
   (`models.generators`: local, vllm, openai) from a chat prompt to a reply; it is wrapped in a
   `RetryingGenerator` that checks each reply and retries a failed or rejected prompt up to
   `max_attempts` times in all. `seed` fixes the rephrasing style and the RefuseWeb speaker
-  names. Outputs: DOCUMENTS (main) and DEAD_LETTER: every request ends in exactly one of them
-  (a batch that fails as a whole becomes `generation_error` dead letters).
+  names. `quality` (a transforms.quality.QualityGate of this kind, or True for the default
+  settings) reviews every usable reply: a text failing a check is retried, then dead-lettered
+  as `quality_<check>`. Outputs: DOCUMENTS (main) and DEAD_LETTER: every request ends in
+  exactly one of them (a batch that fails as a whole becomes `generation_error` dead letters);
+  REVIEWS: a QualityReview of every request (the report's quality figures and samples).
   """
 
   kind: str = ""
@@ -280,14 +308,17 @@ class GenerateFrom(beam.PTransform):
   def __init__(
       self, handler: ModelHandler, seed: int = 0, kind: str | None = None,
       label: str | None = None, max_attempts: int = 3, backoff_s: float = 1.0,
-      max_backoff_s: float = 30.0):
+      max_backoff_s: float = 30.0, quality: "QualityGate | bool | None" = None):
     super().__init__(label)
     self.kind = kind or self.kind
     if self.kind not in _BRANCHES:
       raise ValueError(f"Unknown generation kind {self.kind!r}; expected one of {list(_BRANCHES)}.")
+    if quality is True:
+      quality = QualityGate(self.kind)
     self._handler = with_retries(
         handler, functools.partial(check_reply, self.kind), _BRANCHES[self.kind].stage,
-        max_attempts=max_attempts, backoff_s=backoff_s, max_backoff_s=max_backoff_s)
+        max_attempts=max_attempts, backoff_s=backoff_s, max_backoff_s=max_backoff_s,
+        review=quality or None)
     self._seed = seed
 
   @property
@@ -296,7 +327,9 @@ class GenerateFrom(beam.PTransform):
 
   def expand(self, documents):
     requests = documents | "BuildPrompt" >> beam.ParDo(_BuildPrompt(self.kind, self._seed))
-    return generate_keyed(requests, self._handler, ParseGeneration(self.kind, self._seed))
+    return generate_keyed(
+        requests, self._handler, ParseGeneration(self.kind, self._seed),
+        review_of=functools.partial(review_record, kind=self.kind, seed=self._seed))
 
 
 class Rephrase(GenerateFrom):

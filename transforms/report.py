@@ -22,6 +22,7 @@ from transforms.documents import (STAGE_DEDUPLICATE, STAGE_MORAL_EDUCATION, STAG
                                   STAGE_REFUSEWEB, STAGE_REPHRASE, STAGE_SCORE, STAGE_TAG,
                                   STAGE_VALIDATE)
 from transforms.gate import gate_stage
+from transforms.quality import quality_report, read_quality_samples
 
 BRANCHES = ("raw", "safeweb", "refuseweb", "moral_education", "tagged")
 # generation branch -> the stage that generates it
@@ -105,6 +106,14 @@ def read_tallies(document) -> typing.List[Tally]:
   """A document ReadDocuments passed on (valid and deduplicated; the rest are dead letters)."""
   del document
   return [tally(f"{STAGE_READ}.documents.valid")]
+
+
+def stripped_tallies(document, where: str) -> typing.List[Tally]:
+  """The tags (and near spellings) that StripTags will remove from a document of `where`
+  (`input` or a generation branch), tallied before it does."""
+  from transforms.tagging import count_tags  # pylint: disable=import-outside-toplevel
+  tags = count_tags(document.text)
+  return [tally(f"strip.{where}.tags", tags), tally(f"strip.{where}.documents")] if tags else []
 
 
 def request_tallies(document, stage: str) -> typing.List[Tally]:
@@ -256,6 +265,10 @@ def build_report(counters: dict[str, int],
       "dead_letters_total": sum(sum(r.values()) for r in dead_letters.values()),
       "dead_letters_written": get("write.dead_letter"),
       "tags_inserted": get(f"{STAGE_TAG}.tags_inserted"),
+      "tags_stripped": {where: {"tags": get(f"strip.{where}.tags"),
+                                "documents": get(f"strip.{where}.documents")}
+                        for where in ("input", *GENERATION_STAGES)},
+      "quality": quality_report(counters),
       "score_distribution": _score_distribution(counters),
       "tags": _tag_figures(get),
       "max_failure_fraction": max_failure_fraction,
@@ -296,6 +309,8 @@ def write_report_files(report: dict, output_dir: str) -> typing.List[str]:
   from transforms.report_card import write_report_card  # pylint: disable=import-outside-toplevel
   paths = []
   if "per_branch" in report:
+    # Source beside output, passing and rejected, per branch: the samples the graph wrote.
+    report = dict(report, quality_samples=read_quality_samples(output_dir))
     paths.append(write_report_card(report, output_dir))
   # Last: a folder with report.json holds a complete run.
   paths.insert(0, write_report(report, output_dir))
@@ -320,6 +335,11 @@ def summary(report: dict) -> str:
   lines.append("per score: " + ", ".join(f"{k}: {v}" for k, v in report["per_score"].items()))
   lines.append("per branch: " + ", ".join(f"{k}: {v}" for k, v in report["per_branch"].items()))
   lines.append(f"tags inserted: {report['tags_inserted']}")
+  stripped = report.get("tags_stripped", {})
+  if any(entry["tags"] for entry in stripped.values()):
+    lines.append("tags stripped before tagging: " + ", ".join(
+        f"{where}: {entry['tags']} in {entry['documents']} documents"
+        for where, entry in stripped.items() if entry["tags"]))
   if "tags" in report:
     tags = report["tags"]
     lines.append(f"tag rate: {tags['tags']} tags in {tags['word_gaps']} word gaps "
@@ -340,6 +360,15 @@ def summary(report: dict) -> str:
         f"failures {entry['failures']} ({100 * entry['failure_fraction']:.1f}%, at most "
         f"{100 * limit:.0f}%): {'holds' if entry['failure_fraction'] <= limit else 'FAILS'}; "
         f"rejected by the safety gate: {entry['rejected_by_gate']}")
+  for branch, styles in report.get("quality", {}).items():
+    for style, entry in styles.items():
+      failing = ", ".join(f"{check} {100 * figures['pass_rate']:.0f}%"
+                          for check, figures in entry["checks"].items()
+                          if figures.get("pass_rate") is not None and figures["failed"])
+      lines.append(
+          f"quality {branch}/{style}: {entry['passed']} of {entry['requests']} passed every "
+          f"check ({entry['passed_first_attempt']} at the first attempt)"
+          + (f"; pass rates per attempt: {failing}" if failing else ""))
   reading = report["checks"]["read"]
   lines.append(
       f"check read_failures: {reading['dead_lettered']} of {reading['documents_read']} records "

@@ -16,6 +16,8 @@ import typing
 
 from apache_beam.io.filesystems import FileSystems
 
+from transforms.quality import BRANCH_KINDS, KIND_CHECKS
+
 REPORT_CARD = "report.html"
 SAMPLES_DIR = "samples"
 BRANCHES = ("raw", "tagged", "safeweb", "refuseweb", "moral_education")
@@ -66,6 +68,11 @@ td.bar { width: 38%; }
                 font: 13px/1.5 ui-monospace, SFMono-Regular, Menlo, monospace; max-height: 320px;
                 overflow: auto; }
 .muted { color: #57606a; }
+td.good { background: #dafbe1; } td.fair { background: #fff8c5; } td.poor { background: #ffebe9; }
+.pair { display: grid; grid-template-columns: 1fr 1fr; }
+.pair .text + .text { border-left: 1px solid #d0d7de; }
+.pair .label { font: 600 12px system-ui, sans-serif; color: #57606a; display: block;
+               margin-bottom: 4px; }
 """
 
 
@@ -308,6 +315,69 @@ def _samples_section(samples: dict) -> str:
   return "".join(parts)
 
 
+def _rate_cell(path: str, rate) -> str:
+  """A pass rate cell, coloured: at least 90% good, at least 50% fair, else poor."""
+  if rate is None:
+    return '<td class="num muted">-</td>'
+  grade = "good" if rate >= 0.9 else "fair" if rate >= 0.5 else "poor"
+  return f'<td class="num {grade}">{_number(path, rate, f"{100 * rate:.0f}%")}</td>'
+
+
+def _quality_section(report: dict) -> str:
+  """Per branch and style: the requests, the share that passed every check (after retries,
+  and at the first attempt), and each check's pass rate over the attempts it reviewed; then
+  source beside output for passing and rejected texts."""
+  quality = report.get("quality") or {}
+  parts = ["<h2>Quality of the generated text</h2>",
+           '<p class="lead">Every generated text passes the quality checks (transforms/'
+           "quality.py) or is retried, then dead-lettered as quality_&lt;check&gt;. "
+           "Per check: the share of reviewed attempts that passed it.</p>"]
+  if not quality:
+    parts.append('<p class="muted">No text was generated.</p>')
+  for branch in _ordered(quality):
+    styles = quality[branch]
+    checks = KIND_CHECKS[BRANCH_KINDS[branch]] if branch in BRANCH_KINDS else sorted(
+        {check for entry in styles.values() for check in entry["checks"]})
+    header = "".join(f'<th class="num">{_escape(check.replace("_", " "))}</th>'
+                     for check in checks)
+    rows = []
+    for style, entry in sorted(styles.items()):
+      path = f"quality/{branch}/{style}"
+      cuts = ", ".join(f"{_escape(cut.replace('_', ' '))} {_number(f'{path}/cuts/{cut}', n)}"
+                       for cut, n in sorted(entry["cuts"].items()))
+      rows.append(
+          f"<tr><td>{_escape(style)}</td>"
+          f'<td class="num">{_number(f"{path}/requests", entry["requests"])}</td>'
+          + _rate_cell(f"{path}/pass_rate", entry.get("pass_rate"))
+          + f'<td class="num">{_number(f"{path}/passed_first_attempt", entry["passed_first_attempt"])}</td>'
+          + "".join(_rate_cell(f"{path}/checks/{check}/pass_rate",
+                               entry["checks"].get(check, {}).get("pass_rate"))
+                    for check in checks)
+          + f'<td class="muted">{cuts or "-"}</td></tr>')
+    parts.append(
+        f"<h3>{_escape(BRANCH_TITLES.get(branch, branch))}</h3><table><tr><th>style</th>"
+        '<th class="num">requests</th><th class="num">passed</th>'
+        f'<th class="num">at 1st attempt</th>{header}<th>cut, not rejected</th></tr>'
+        f"{''.join(rows)}</table>")
+  samples = report.get("quality_samples") or {}
+  for branch in _ordered(samples):
+    for verdict in ("passed", "rejected"):
+      for sample in samples[branch].get(verdict, []):
+        facts = [f"<b>{_escape(sample.get('id', ''))}</b>", _escape(verdict)]
+        if sample.get("style"):
+          facts.append(f"style {_escape(sample['style'])}")
+        if sample.get("reason"):
+          facts.append(f"reason {_escape(sample['reason'])}")
+        parts.append(
+            f'<article class="sample quality" data-branch="{_escape(branch)}" '
+            f'data-verdict="{_escape(verdict)}"><header>{_escape(branch)} · {" · ".join(facts)}'
+            '</header><div class="pair">'
+            f'<div class="text"><span class="label">source</span>{_escape(sample.get("source", ""))}</div>'
+            f'<div class="text"><span class="label">output</span>{_escape(sample.get("output", ""))}</div>'
+            "</div></article>")
+  return "".join(parts)
+
+
 def _ordered(by_branch: dict) -> typing.List[str]:
   known = [branch for branch in BRANCHES if branch in by_branch]
   return known + sorted(branch for branch in by_branch if branch not in BRANCHES)
@@ -328,6 +398,7 @@ def render(report: dict, samples: dict | None = None, title: str = "Data report 
       _tags_section(report),
       _dead_letters_section(report),
       _checks_section(report),
+      _quality_section(report),
       _samples_section(samples or {}),
   ]
   return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"

@@ -4,8 +4,10 @@
     python -m models.classifier.export --hf_model CHECKPOINT_DIR --output_dir DIR
 
 One graph from `input_ids` and `attention_mask` (int64, dynamic batch and length) to `probs`
-(the 6 score probabilities): encoder with merged LoRA adapters, mean pooling, L2 normalisation,
-head and softmax. The encoder is exported with eager attention so ONNX Runtime's transformer
+(the 6 score probabilities; the first output, the scoring contract) and `embedding` (the second:
+the pooled features the head reads, L2-normalised, which the quality gate compares between a
+source and its rewrite to catch off-topic output): encoder with merged LoRA adapters, mean
+pooling, L2 normalisation, head and softmax. The encoder is exported with eager attention so ONNX Runtime's transformer
 optimizer fuses attention, layer norms and GELU. The result is deterministic: the same weights
 and library versions give the same bytes. Without `--output_dir` the files go to a cache folder
 named by a fingerprint of the weights and the library versions, where the pipeline finds them.
@@ -33,6 +35,12 @@ from models.classifier.chunking import encoder_dir
 LOG = logging.getLogger("models.classifier.export")
 
 OPSET = 17
+# The layout of the exported graph's outputs, part of the cache key: version 2 added the
+# `embedding` output. A cache folder holds one layout, so a machine that still runs a checkout
+# of version 1 keeps its folder and this one exports beside it.
+GRAPH_VERSION = 2
+PROBS = "probs"
+EMBEDDING = "embedding"
 
 
 def fingerprint(weights_file: str = model.WEIGHTS_FILE, config_file: str = model.CONFIG_FILE) -> str:
@@ -46,7 +54,7 @@ def fingerprint(weights_file: str = model.WEIGHTS_FILE, config_file: str = model
     with open(path, "rb") as f:
       digest.update(f.read())
   for version in (torch.__version__, onnx.__version__, onnxruntime.__version__,
-                  transformers.__version__, str(OPSET)):
+                  transformers.__version__, str(OPSET), f"graph{GRAPH_VERSION}"):
     digest.update(version.encode())
   return digest.hexdigest()[:16]
 
@@ -55,8 +63,8 @@ def export(weights_file: str, config_file: str, output_dir: str) -> dict[str, st
   """Writes model.onnx (fp32, fused), model.int8.onnx and the encoder's tokenizer.json into
   output_dir: a model folder as workers read it. Returns the three paths."""
   classifier = model.load_classifier(weights_file, config_file)
-  paths = export_graph(model.ProbabilityModel(classifier).eval(), classifier.encoder.config,
-                       output_dir, output_name="probs")
+  paths = export_graph(model.ScoringModel(classifier).eval(), classifier.encoder.config,
+                       output_dir, output_name=(PROBS, EMBEDDING))
   paths["tokenizer"] = add_tokenizer(output_dir)
   return paths
 
@@ -110,14 +118,17 @@ def export_hf(hf_model: str, output_dir: str) -> dict[str, str]:
   return paths
 
 
-def export_graph(graph, config, output_dir: str, output_name: str = "probs",
+def export_graph(graph, config, output_dir: str, output_name: str | tuple[str, ...] = PROBS,
                  names: tuple[str, str] = (FP32_NAME, INT8_NAME)) -> dict[str, str]:
-  """Exports a module of (input_ids, attention_mask) to ONNX, fused (fp32) and int8."""
+  """Exports a module of (input_ids, attention_mask) to ONNX, fused (fp32) and int8.
+
+  `output_name` names the module's output, or its outputs in order when it returns a tuple."""
   import onnx
   import torch
   from onnxruntime.quantization import QuantType, quantize_dynamic
   from onnxruntime.transformers.optimizer import optimize_model
 
+  output_names = (output_name,) if isinstance(output_name, str) else tuple(output_name)
   os.makedirs(output_dir, exist_ok=True)
   with tempfile.TemporaryDirectory() as work:
     raw = os.path.join(work, "raw.onnx")
@@ -126,10 +137,10 @@ def export_graph(graph, config, output_dir: str, output_name: str = "probs",
     with torch.no_grad():
       torch.onnx.export(
           graph, (ids, mask), raw, dynamo=False, opset_version=OPSET,
-          input_names=["input_ids", "attention_mask"], output_names=[output_name],
+          input_names=["input_ids", "attention_mask"], output_names=list(output_names),
           dynamic_axes={"input_ids": {0: "batch", 1: "length"},
                         "attention_mask": {0: "batch", 1: "length"},
-                        output_name: {0: "batch"}})
+                        **{name: {0: "batch"} for name in output_names}})
     optimized = optimize_model(
         raw, model_type=config.model_type if config.model_type in (
             "bert", "roberta", "distilbert", "bart", "gpt2") else "bert",

@@ -70,6 +70,29 @@ def run_windows(session, windows: typing.Sequence[np.ndarray], max_batch_tokens:
   return probs
 
 
+EMBEDDING_OUTPUT = "embedding"
+
+
+def has_embedding(session) -> bool:
+  """Whether the graph has the pooled `embedding` output (exports since GRAPH_VERSION 2; not a
+  graph exported with --hf_model or an older export)."""
+  return any(output.name == EMBEDDING_OUTPUT for output in session.get_outputs())
+
+
+def embed_windows(session, windows: typing.Sequence[np.ndarray]) -> np.ndarray:
+  """The text's embedding from its token windows: the mean of the windows' pooled, normalised
+  features, normalised again (a dot product of two is their cosine). One window per call, as
+  scoring runs them, so a window's features do not depend on its neighbours."""
+  rows = []
+  for window in windows:
+    ids = np.asarray(window, dtype=np.int64)[None, :]
+    (features,) = session.run([EMBEDDING_OUTPUT], {"input_ids": ids,
+                                                   "attention_mask": np.ones_like(ids)})
+    rows.append(features[0])
+  mean = np.mean(rows, axis=0)
+  return mean / max(float(np.linalg.norm(mean)), 1e-9)
+
+
 class OnnxSafetyModelHandler(ModelHandler[Windows, np.ndarray, typing.Any]):
   """Scores token windows with the exported safety classifier on ONNX Runtime.
 

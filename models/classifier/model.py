@@ -103,6 +103,24 @@ class ProbabilityModel(nn.Module):
     return torch.softmax(self.classifier(input_ids, attention_mask), dim=-1)
 
 
+class ScoringModel(nn.Module):
+  """The exported graph: (the 6 probabilities, the pooled features the head reads).
+
+  The features are L2-normalised as a whole, so a dot product of two rows is their cosine:
+  the quality gate's off-topic check compares a source and its rewrite under the same encoder
+  that scores them, with no second model to ship.
+  """
+
+  def __init__(self, classifier: SafetyClassifier):
+    super().__init__()
+    self.classifier = classifier
+
+  def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+    features = self.classifier.embed(input_ids, attention_mask)
+    probs = torch.softmax(self.classifier.logits(features.float()), dim=-1)
+    return probs, nn.functional.normalize(features.float(), p=2.0, dim=-1)
+
+
 def load_encoder(attn_implementation: str = "eager") -> nn.Module:
   """The pip-installed MiniLM encoder (no pooler), with eager attention for a fusable export."""
   from transformers import AutoModel

