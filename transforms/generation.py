@@ -210,7 +210,8 @@ class ParseReply(RecordStep):
     document, result = record
     generation = as_generation(getattr(result, "inference", result))
     if generation.error and generation.error not in self.reply_rejections:
-      raise self.reject(generation.error, document, generation, error=generation.detail)
+      status = {"status": generation.status} if generation.status else {}
+      raise self.reject(generation.error, document, generation, error=generation.detail, **status)
     yield from self.parse(document, generation)
 
 
