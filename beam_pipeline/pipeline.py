@@ -55,7 +55,8 @@ def generator_handler(options: SafetyPretrainingOptions):
     return VllmGeneratorHandler(
         options.vllm_model, max_new_tokens=options.max_new_tokens,
         temperature=options.temperature, top_p=options.top_p,
-        retry_temperature=options.retry_temperature, seed=options.seed,
+        retry_temperature=options.retry_temperature,
+        repetition_penalty=options.repetition_penalty, timeout_s=options.request_timeout_s,
         server_kwargs=parse_server_args(options.vllm_server_arg),
         chat_template_path=options.vllm_chat_template,
         batch_size=options.generation_batch_size)
