@@ -34,7 +34,15 @@ from transforms.scoring import ScoreSafety, document_text
 from transforms.tagging import HarmfulnessTag
 
 
-def classifier_handler(options: SafetyPretrainingOptions) -> OnnxSafetyModelHandler:
+def classifier_handler(options: SafetyPretrainingOptions):
+  """The classifier's ModelHandler: ONNX int8 on CPU, or batched PyTorch on a GPU."""
+  if options.classifier_device == "cuda":
+    from models.classifier.torch_handler import TorchSafetyModelHandler
+    if options.classifier_model:
+      raise ValueError("--classifier_model is an ONNX file, for --classifier_device=cpu; the "
+                       "cuda path runs the committed weights, merged, in PyTorch")
+    return TorchSafetyModelHandler(
+        device="cuda", dtype=options.classifier_dtype, max_batch_tokens=options.max_batch_tokens)
   return OnnxSafetyModelHandler(
       model_path=options.classifier_model, device=options.classifier_device,
       intra_op_threads=options.classifier_threads)

@@ -14,7 +14,7 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
 from models.classifier.chunking import (
-    DEFAULT_OVERLAP, DEFAULT_WINDOW, Windower, deciding_window, document_score)
+    DEFAULT_OVERLAP, DEFAULT_WINDOW, TOKENIZE_BATCH, Windower, deciding_window, document_score)
 from transforms.deadletter import DEAD_LETTER, DOCUMENTS, count, failed_batch_dead_letters
 from transforms.documents import STAGE_SCORE, Document
 
@@ -23,9 +23,11 @@ def document_text(document: Document) -> str:
   return document.text
 
 
+
 class _ToWindows(beam.DoFn):
-  """Document -> ((document, its windows' character spans), its token windows); the tokenizer
-  loads once per worker. Spans are kept only when the scored text is the document's text."""
+  """A batch of Documents -> per document ((document, its windows' character spans), its token
+  windows); the tokenizer loads once per worker. Spans are kept only when the scored text is
+  the document's text."""
 
   def __init__(self, window: int, overlap: int, text_of):
     self._window = window
@@ -36,10 +38,11 @@ class _ToWindows(beam.DoFn):
   def setup(self):
     self._windower = Windower(self._window, self._overlap)
 
-  def process(self, document: Document):
-    text = self._text_of(document)
-    [(windows, spans)] = self._windower.windows_and_spans([text])
-    yield (document, spans if text is document.text else []), windows
+  def process(self, documents):
+    texts = [self._text_of(document) for document in documents]
+    for document, text, (windows, spans) in zip(
+        documents, texts, self._windower.windows_and_spans(texts)):
+      yield (document, spans if text is document.text else []), windows
 
 
 def _apply_scores(keyed_result, stage: str) -> Document:
@@ -84,6 +87,8 @@ class ScoreSafety(beam.PTransform):
   def expand(self, documents):
     inference = (
         documents
+        | "TokenizeBatches" >> beam.BatchElements(
+            min_batch_size=1, max_batch_size=TOKENIZE_BATCH)
         | "Windows" >> beam.ParDo(_ToWindows(self._window, self._overlap, self._text_of))
         | "Classify" >> RunInference(KeyedModelHandler(self._model_handler))
         .with_exception_handling())

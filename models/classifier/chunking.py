@@ -9,6 +9,9 @@ import numpy as np
 
 DEFAULT_WINDOW = 256
 DEFAULT_OVERLAP = 32
+# Documents tokenized together (ScoreSafety): the fast tokenizer's batch API spreads a batch over
+# its threads, which a GPU classifier needs to be fed (one document at a time, it is the limit).
+TOKENIZE_BATCH = 256
 
 
 def encoder_dir() -> str:
