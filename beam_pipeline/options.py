@@ -93,7 +93,17 @@ class SafetyPretrainingOptions(PipelineOptions):
                               "elsewhere, staged under the job's gs:// temp location; or the "
                               "folder that $SAFETY_PRETRAINING_CLASSIFIER names in the image")
     scoring.add_argument("--classifier_device", choices=["cpu", "cuda"], default="cpu",
-                         help="ONNX Runtime execution provider")
+                         help="cpu: the int8 ONNX graph on ONNX Runtime, one window per call "
+                              "(byte-identical on every runner); cuda: the merged classifier in "
+                              "PyTorch on the worker's GPU, windows in length-bucketed padded "
+                              "batches of --max_batch_tokens (the same 0-5 scores, "
+                              "probabilities within 1e-3 of unbatched)")
+    scoring.add_argument("--classifier_dtype", choices=["bfloat16", "float16", "float32"],
+                         default="bfloat16",
+                         help="with --classifier_device=cuda: the encoder's dtype")
+    scoring.add_argument("--max_batch_tokens", type=int, default=65536,
+                         help="with --classifier_device=cuda: padded tokens per forward pass, "
+                              "and about the tokens of a RunInference batch")
     scoring.add_argument("--classifier_threads", type=int, default=0,
                          help="ONNX Runtime threads per worker (0: one per core)")
     scoring.add_argument("--window", type=int, default=256,
@@ -128,7 +138,9 @@ class SafetyPretrainingOptions(PipelineOptions):
                             help="off: score, route and tag only (no rephrasing or refusals)")
     generation.add_argument("--generator", choices=["local", "vllm", "openai"], default="local",
                             help="generation backend: local (transformers on the worker), "
-                                 "vllm (Beam's vLLM handler: a vLLM server on each GPU worker), "
+                                 "vllm (a vLLM server on each GPU worker, started by Beam's vLLM "
+                                 "helper and shared by its SDK processes; each prompt is its own "
+                                 "request, as with openai), "
                                  "openai (any OpenAI-compatible endpoint: a shared vLLM, TGI or "
                                  "llama.cpp server)")
     generation.add_argument("--generator_model", default=None,
@@ -144,7 +156,8 @@ class SafetyPretrainingOptions(PipelineOptions):
     generation.add_argument("--top_p", type=float, default=0.9,
                             help="nucleus sampling mass when temperature > 0")
     generation.add_argument("--repetition_penalty", type=float, default=1.1,
-                            help="penalty on repeated tokens")
+                            help="penalty on repeated tokens (local and vllm; the openai "
+                                 "backend sends only fields of the OpenAI API)")
     generation.add_argument("--generation_batch_size", type=int, default=8,
                             help="prompts decoded together (local: one padded batch; vllm: "
                                  "prompts sent at once to the worker's vLLM server, which "
@@ -214,14 +227,25 @@ class SafetyPretrainingOptions(PipelineOptions):
                           help="model name sent with each request")
     endpoint.add_argument("--openai_api_key_env", default="OPENAI_API_KEY",
                           help="name of the environment variable holding the API key on the "
-                               "workers (the key itself is never an option, log or output)")
+                               "workers (the key itself is never an option, log or output); "
+                               "workers do not inherit the submitting shell's variables, and a "
+                               "variable not set where the generator loads fails the run at "
+                               "load with an error naming it. none: the server needs no key "
+                               "(a vLLM or llama.cpp server without authentication)")
     endpoint.add_argument("--max_in_flight", type=int, default=8,
-                          help="concurrent requests per worker")
+                          help="concurrent requests per SDK process (each SDK worker process "
+                               "has its own client: the endpoint sees up to workers x SDK "
+                               "processes per worker x this)")
     endpoint.add_argument("--request_timeout_s", type=float, default=120.0,
-                          help="seconds before a request counts as timed out")
-    endpoint.add_argument("--openai_prefill", choices=["continue", "none"], default="continue",
-                          help="continue: ask the server to continue a prompt's reply opening "
-                               "(vLLM's continue_final_message); none: drop the opening")
+                          help="seconds before a request counts as timed out (also for "
+                               "--generator=vllm)")
+    endpoint.add_argument("--openai_prefill", choices=["auto", "continue", "none"],
+                          default="auto",
+                          help="how a prompt's reply opening is continued. continue: send "
+                               "vLLM's continue_final_message and add_generation_prompt fields; "
+                               "none: drop the opening and ask for a fresh reply (the opening "
+                               "is prepended to it); auto: continue until the server rejects "
+                               "those fields, then none, decided once per SDK process")
 
     vllm = parser.add_argument_group("vllm generator (--generator=vllm)")
     vllm.add_argument("--vllm_model", default=None,

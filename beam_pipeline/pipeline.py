@@ -35,14 +35,22 @@ from transforms.scoring import ScoreSafety, document_text
 from transforms.tagging import HarmfulnessTag, StripTags
 
 
-def classifier_handler(options: SafetyPretrainingOptions,
-                       pipeline: beam.Pipeline) -> OnnxSafetyModelHandler:
-  """The classifier's ModelHandler, its model settled here, where the graph is built, as the
-  workers will read it (`artifacts.launch_location`: without --classifier_model the default
-  model is built here; a local model is staged under a remote temp location for workers on
-  other machines). The result is written back to --classifier_model, in `options` and in the
-  pipeline's own copy of them (beam.Pipeline deep-copies its options), so the job's recorded
-  options name the model its workers read. Workers then only download it: they have no torch."""
+def classifier_handler(options: SafetyPretrainingOptions, pipeline: beam.Pipeline):
+  """The classifier's ModelHandler: ONNX int8 on CPU, or batched PyTorch on a GPU.
+
+  For ONNX, the model is settled here, where the graph is built, as the workers will read it
+  (`artifacts.launch_location`: without --classifier_model the default model is built here; a
+  local model is staged under a remote temp location for workers on other machines). The result
+  is written back to --classifier_model, in `options` and in the pipeline's own copy of them
+  (beam.Pipeline deep-copies its options), so the job's recorded options name the model its
+  workers read. Workers then only download it: they have no torch."""
+  if options.classifier_device == "cuda":
+    from models.classifier.torch_handler import TorchSafetyModelHandler
+    if options.classifier_model:
+      raise ValueError("--classifier_model is an ONNX file, for --classifier_device=cpu; the "
+                       "cuda path runs the committed weights, merged, in PyTorch")
+    return TorchSafetyModelHandler(
+        device="cuda", dtype=options.classifier_dtype, max_batch_tokens=options.max_batch_tokens)
   options.classifier_model = artifacts.launch_location(
       options.classifier_model, pipeline.runner, pipeline.options)
   pipeline.options.view_as(SafetyPretrainingOptions).classifier_model = options.classifier_model
@@ -66,7 +74,8 @@ def generator_handler(options: SafetyPretrainingOptions):
     return VllmGeneratorHandler(
         options.vllm_model, max_new_tokens=options.max_new_tokens,
         temperature=options.temperature, top_p=options.top_p,
-        retry_temperature=options.retry_temperature, seed=options.seed,
+        retry_temperature=options.retry_temperature,
+        repetition_penalty=options.repetition_penalty, timeout_s=options.request_timeout_s,
         server_kwargs=parse_server_args(options.vllm_server_arg),
         chat_template_path=options.vllm_chat_template,
         batch_size=options.generation_batch_size)

@@ -1,6 +1,7 @@
 """Classifier throughput: PyTorch fp32 (the baseline) vs bf16 vs ONNX Runtime fp32 and int8.
 
     python benchmarks/classifier_throughput.py [--docs 512] [--chars 1500] [--json]
+    python benchmarks/classifier_throughput.py --device cuda --bundle build/gpu_bundle [--json]
 
 Scores the same real documents (pieces of about --chars characters cut at word boundaries from
 the long texts of the labelled data: movie reviews, Brown corpus, State of the Union) in
@@ -9,6 +10,11 @@ engine's ratio to PyTorch fp32 eager, and how many documents get the same 0-5 sc
 ONNX fp32 (int8 vs fp32 agreement). PyTorch gets the windows in length-sorted padded batches
 of --batch_tokens; ONNX Runtime runs one window per call, as the pipeline does, and once more in
 padded batches for comparison.
+
+`--device cuda` measures the GPU path (models/classifier/batched.py, what
+`--classifier_device=cuda` runs) from a bundle made here by benchmarks/make_gpu_bundle.py (the
+merged weights, the tokenizer, the documents and their CPU int8 scores), so it needs only
+PyTorch, transformers, tokenizers and safetensors: see benchmarks/gpu_check.sh.
 """
 
 from __future__ import annotations
@@ -24,8 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from models.classifier import chunking, data, export, model  # noqa: E402
-from models.classifier.handler import make_session, run_windows  # noqa: E402
+from models.classifier import chunking, data, model  # noqa: E402
 
 LONG_SOURCES = ("movie_reviews", "brown_corpus", "state_union")
 
@@ -75,10 +80,21 @@ def measure(run, windows, per_doc, repeats: int):
   for n in per_doc:
     scores.append(chunking.document_score(probs[offset:offset + n])[0])
     offset += n
-  return best, np.asarray(scores)
+  return best, np.asarray(scores), probs
 
 
 def main(argv=None):
+  parser = build_parser()
+  args = parser.parse_args(argv)
+  if args.device == "cuda":
+    from benchmarks.classifier_gpu import gpu_report
+    report = gpu_report(args)
+    print(json.dumps(report, indent=2, sort_keys=True))
+    return
+  cpu_main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--labels", default=data.DEFAULT_LABELS, help="labelled JSONL")
@@ -88,8 +104,26 @@ def main(argv=None):
                       help="padded tokens per batch of the batched engines")
   parser.add_argument("--repeats", type=int, default=2, help="timed passes; the best counts")
   parser.add_argument("--json", action="store_true", help="print one JSON object")
-  args = parser.parse_args(argv)
+  parser.add_argument("--static_int8", action="store_true",
+                      help="also a statically quantized (calibrated) int8 graph, one window per "
+                           "call and in padded batches, with the batch invariance of each")
+  parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                      help="cpu: the engines above; cuda: the batched GPU path (needs --bundle)")
+  parser.add_argument("--bundle", default="build/gpu_bundle",
+                      help="with --device cuda: the folder benchmarks/make_gpu_bundle.py wrote")
+  parser.add_argument("--gpu_batch_tokens", type=int, default=65536,
+                      help="with --device cuda: padded tokens per forward pass")
+  parser.add_argument("--gpu_passes", type=int, default=20,
+                      help="with --device cuda: timed passes over the documents (the best "
+                           "counts)")
+  parser.add_argument("--peak_tflops", type=float, default=790.0,
+                      help="with --device cuda: the GPU's dense bf16 peak (H200: about 790)")
+  return parser
 
+
+def cpu_main(args):
+  from models.classifier import export
+  from models.classifier.handler import make_session, run_windows
   texts = real_documents(args.labels, args.docs, args.chars)
   per_text = chunking.Windower().windows(texts)
   windows = [w for text_windows in per_text for w in text_windows]
@@ -106,9 +140,19 @@ def main(argv=None):
       "onnx_int8_padded_batches": (
           lambda w, s=make_session(paths["int8"]): run_windows(s, w, args.batch_tokens)),
   }
-  results, scores = {}, {}
+  if args.static_int8:
+    # Calibrated on windows of other documents than the measured ones.
+    import tempfile
+    calibration = [w for ws in chunking.Windower().windows(
+        real_documents(args.labels, args.docs + 32, args.chars)[args.docs:]) for w in ws][:48]
+    static = export.quantize_static_int8(
+        paths["fp32"], os.path.join(tempfile.mkdtemp(), "model.int8.static.onnx"), calibration)
+    engines["onnx_int8_static"] = lambda w, s=make_session(static): run_windows(s, w)
+    engines["onnx_int8_static_padded_batches"] = (
+        lambda w, s=make_session(static): run_windows(s, w, args.batch_tokens))
+  results, scores, probs = {}, {}, {}
   for name, run in engines.items():
-    seconds, scores[name] = measure(run, windows, per_doc, args.repeats)
+    seconds, scores[name], probs[name] = measure(run, windows, per_doc, args.repeats)
     results[name] = {"seconds": seconds, "docs_per_s": len(texts) / seconds,
                      "tokens_per_s": tokens / seconds}
   baseline = results["pytorch_fp32"]["seconds"]
@@ -122,7 +166,21 @@ def main(argv=None):
           (scores["onnx_fp32"] == scores["pytorch_fp32"]).mean()),
       "int8_vs_pytorch_bf16_ratio": results["pytorch_bf16"]["seconds"]
       / results["onnx_int8"]["seconds"],
+      # How far padded batching moves a window's probabilities (0 would be batch-invariant).
+      "int8_batch_invariance_max_abs_diff": float(
+          np.abs(probs["onnx_int8"] - probs["onnx_int8_padded_batches"]).max()),
   }
+  if args.static_int8:
+    report.update({
+        "static_int8_vs_fp32_score_agreement": float(
+            (scores["onnx_int8_static"] == scores["onnx_fp32"]).mean()),
+        "static_int8_padded_vs_fp32_score_agreement": float(
+            (scores["onnx_int8_static_padded_batches"] == scores["onnx_fp32"]).mean()),
+        "static_int8_batch_invariance_max_abs_diff": float(
+            np.abs(probs["onnx_int8_static"] - probs["onnx_int8_static_padded_batches"]).max()),
+        "static_int8_padded_vs_shipped_int8_ratio": results["onnx_int8"]["seconds"]
+        / results["onnx_int8_static_padded_batches"]["seconds"],
+    })
   if args.json:
     print(json.dumps(report, indent=2, sort_keys=True))
     return

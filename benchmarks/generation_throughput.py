@@ -85,7 +85,7 @@ def bench_openai(prompts, max_new_tokens: int, in_flight: int, tokenizer) -> dic
       default_model_path(), os.path.join(work, "server.log")) as server:
     for name, flight in (("openai_1_in_flight", 1), (f"openai_{in_flight}_in_flight", in_flight)):
       handler = OpenAIEndpointHandler(
-          base_url=server.base_url, model=MODEL_ALIAS, max_in_flight=flight,
+          base_url=server.base_url, model=MODEL_ALIAS, api_key_env="none", max_in_flight=flight,
           max_new_tokens=max_new_tokens, timeout_s=600)
       model = handler.load_model()
       handler.run_inference(prompts[:1], model)  # warm-up

@@ -30,8 +30,11 @@ class Document(typing.NamedTuple):
 
   Fields filled by the reader: id, text, url, source, metadata (a JSON object as text).
   Filled by scoring: safety_score (0-5; UNSCORED before), safety_probs (6 floats),
-  chunk_scores (one 0-5 score per window). Filled by generation: stage, style, parent_id.
-  Filled by tagging: tag_count.
+  chunk_scores (one 0-5 score per window), deciding_span (the [start, end) character offsets in
+  `text` of the window that decided the score, so generation can quote that part of a long
+  document; empty when the scored text was not `text` itself, e.g. RefuseWeb's gate, which
+  scores the assistant's turns; for tagged documents the offsets are those of the text without
+  its tags). Filled by generation: stage, style, parent_id. Filled by tagging: tag_count.
   """
   id: str
   text: str
@@ -45,6 +48,7 @@ class Document(typing.NamedTuple):
   style: str = ""
   parent_id: str = ""
   tag_count: int = 0
+  deciding_span: typing.List[int] = []
 
 
 class DeadLetter(typing.NamedTuple):

@@ -151,7 +151,8 @@ class _BuildPrompt(beam.DoFn):
   def process(self, document: Document):
     count(_BRANCHES[self._kind].stage, "requests")
     style = pick_style(document.id, self._seed) if self._kind == KIND_REPHRASE else None
-    yield document, build_prompt(self._kind, document.text, style)
+    # A long document is quoted around the window that decided its score.
+    yield document, build_prompt(self._kind, document.text, style, document.deciding_span)
 
 
 def _generated_document(parent: Document, text: str, kind: str, seed: int) -> Document:
@@ -217,7 +218,8 @@ class ParseReply(RecordStep):
     document, result = record
     generation = as_generation(getattr(result, "inference", result))
     if generation.error and generation.error not in self.reply_rejections:
-      raise self.reject(generation.error, document, generation, error=generation.detail)
+      status = {"status": generation.status} if generation.status else {}
+      raise self.reject(generation.error, document, generation, error=generation.detail, **status)
     yield from self.parse(document, generation)
 
 

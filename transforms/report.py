@@ -38,8 +38,8 @@ _PROGRESS_PREFIX = "progress."
 # Generation dead-letter reasons that mean the backend failed, not that a reply was unusable or
 # unsafe (models.generators.backend): a branch that loses most requests to these is broken.
 FAILURE_REASONS = frozenset({
-    "generation_timeout", "generation_http_error", "generation_connection_error",
-    "malformed_response", "generation_error"})
+    "generation_timeout", "generation_http_error", "generation_request_rejected",
+    "generation_connection_error", "malformed_response", "generation_error"})
 OTHER_SOURCES = "other"
 NO_SOURCE = "(no source)"
 DEFAULT_TOP_SOURCES = 20

@@ -48,6 +48,7 @@ FEATURES: typing.Tuple[Feature, ...] = (
     Feature("style", BYTES),
     Feature("parent_id", BYTES),
     Feature("tag_count", INT64),
+    Feature("deciding_span", INT64, var_len=True),  # [start, end) of the deciding window
 )
 
 if tuple(feature.name for feature in FEATURES) != Document._fields:

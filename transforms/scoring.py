@@ -3,8 +3,10 @@
 Each document is tokenized into windows (`models.classifier.chunking.Windower`) with the
 tokenizer.json of the model folder (so a worker needs no encoder package), the classifier's
 ModelHandler scores all windows of a batch of documents in one RunInference call,
-and the document gets the maximum score over its windows, its per-window scores, and the 6
-probabilities of the window that decided it. A batch that fails inference goes to dead letter.
+and the document gets the maximum score over its windows, its per-window scores, the 6
+probabilities of the window that decided it, and that window's character span in its text
+(`deciding_span`: what the generation steps quote from a document longer than their prompt
+budget). A batch that fails inference goes to dead letter.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from __future__ import annotations
 import apache_beam as beam
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
-from models.classifier.chunking import DEFAULT_OVERLAP, DEFAULT_WINDOW, Windower, document_score
+from models.classifier.chunking import (
+    DEFAULT_OVERLAP, DEFAULT_WINDOW, TOKENIZE_BATCH, Windower, deciding_window, document_score)
 from transforms.deadletter import DEAD_LETTER, DOCUMENTS, count, failed_batch_dead_letters
 from transforms.documents import STAGE_SCORE, Document
 
@@ -21,9 +24,12 @@ def document_text(document: Document) -> str:
   return document.text
 
 
+
 class _ToWindows(beam.DoFn):
-  """Document -> (document, its token windows); the tokenizer loads once per worker, from the
-  model's own tokenizer.json (the handler's `tokenizer_folder()`, downloading a remote model)."""
+  """A batch of Documents -> per document ((document, its windows' character spans), its token
+  windows); the tokenizer loads once per worker, from the model's own tokenizer.json (the
+  handler's `tokenizer_folder()`, downloading a remote model). Spans are kept only when the
+  scored text is the document's text."""
 
   def __init__(self, window: int, overlap: int, text_of, model_handler):
     self._window = window
@@ -36,16 +42,26 @@ class _ToWindows(beam.DoFn):
     self._windower = Windower(self._window, self._overlap,
                               tokenizer_path=self._model_handler.tokenizer_folder())
 
-  def process(self, document: Document):
-    windows = self._windower.split_ids(self._windower.content_ids([self._text_of(document)])[0])
-    yield document, windows
+  def process(self, documents):
+    texts = [self._text_of(document) for document in documents]
+    for document, text, (windows, spans) in zip(
+        documents, texts, self._windower.windows_and_spans(texts)):
+      yield (document, spans if text is document.text else []), windows
 
 
 def _apply_scores(keyed_result, stage: str) -> Document:
-  document, result = keyed_result
+  (document, spans), result = keyed_result
   score, probs, window_scores = document_score(result.inference)
   count(stage, f"score_{score}")
-  return document._replace(safety_score=score, safety_probs=probs, chunk_scores=window_scores)
+  deciding = list(spans[deciding_window(result.inference)]) if spans else []
+  return document._replace(safety_score=score, safety_probs=probs, chunk_scores=window_scores,
+                           deciding_span=deciding)
+
+
+def _document_keys(failure):
+  """A failed batch of ((document, spans), windows) as one of (document, windows)."""
+  batch, exception = failure
+  return [(document, windows) for (document, _), windows in batch], exception
 
 
 class ScoreSafety(beam.PTransform):
@@ -76,6 +92,8 @@ class ScoreSafety(beam.PTransform):
   def expand(self, documents):
     inference = (
         documents
+        | "TokenizeBatches" >> beam.BatchElements(
+            min_batch_size=1, max_batch_size=TOKENIZE_BATCH)
         | "Windows" >> beam.ParDo(
             _ToWindows(self._window, self._overlap, self._text_of, self._model_handler))
         | "Classify" >> RunInference(KeyedModelHandler(self._model_handler))
@@ -84,6 +102,8 @@ class ScoreSafety(beam.PTransform):
     return {
         DOCUMENTS: scored | "MaxOverWindows" >> beam.Map(
             _apply_scores, self._stage).with_output_types(Document),
-        DEAD_LETTER: failures.failed_inferences | "FailedBatches" >> beam.FlatMap(
+        DEAD_LETTER: failures.failed_inferences
+        | "DocumentKeys" >> beam.Map(_document_keys)
+        | "FailedBatches" >> beam.FlatMap(
             failed_batch_dead_letters, self._stage, "inference_error"),
     }

@@ -9,6 +9,9 @@ import numpy as np
 
 DEFAULT_WINDOW = 256
 DEFAULT_OVERLAP = 32
+# Documents tokenized together (ScoreSafety): the fast tokenizer's batch API spreads a batch over
+# its threads, which a GPU classifier needs to be fed (one document at a time, it is the limit).
+TOKENIZE_BATCH = 256
 
 
 def encoder_dir() -> str:
@@ -59,32 +62,60 @@ class Windower:
     tokenizer = load_tokenizer(self.tokenizer_path)
     return [e.ids for e in tokenizer.encode_batch(list(texts), add_special_tokens=False)]
 
+  def window_starts(self, n_ids: int) -> typing.Sequence[int]:
+    """The first content token of each window of a text of `n_ids` content tokens."""
+    span = self.window - 2
+    stride = span - self.overlap
+    return range(0, max(n_ids - self.overlap, 1), stride) if n_ids > span else [0]
+
   def split_ids(self, ids: typing.Sequence[int]) -> list[np.ndarray]:
     """Windows of one text's content ids, each framed by [CLS] ... [SEP], as int64 arrays."""
     span = self.window - 2
-    stride = span - self.overlap
-    starts = range(0, max(len(ids) - self.overlap, 1), stride) if len(ids) > span else [0]
     return [
         np.asarray([self.cls_id, *ids[start:start + span], self.sep_id], dtype=np.int64)
-        for start in starts
+        for start in self.window_starts(len(ids))
     ]
 
   def windows(self, texts: typing.Sequence[str]) -> list[list[np.ndarray]]:
     """For each text, its list of windows."""
     return [self.split_ids(ids) for ids in self.content_ids(texts)]
 
+  def windows_and_spans(
+      self, texts: typing.Sequence[str]) -> list[tuple[list[np.ndarray], list[tuple[int, int]]]]:
+    """For each text, its windows and, per window, the (start, end) character offsets in the
+    text of the content it covers (from the tokenizer's offsets; (0, 0) for an empty text), so
+    the text of the window that decided a score can be found again."""
+    tokenizer = load_tokenizer(self.tokenizer_path)
+    span = self.window - 2
+    out = []
+    for encoding in tokenizer.encode_batch(list(texts), add_special_tokens=False):
+      ids, offsets = encoding.ids, encoding.offsets
+      spans = [
+          (offsets[start][0], offsets[min(start + span, len(ids)) - 1][1]) if ids else (0, 0)
+          for start in self.window_starts(len(ids))
+      ]
+      out.append((self.split_ids(ids), spans))
+    return out
+
+
+def deciding_window(window_probs: np.ndarray) -> int:
+  """The index of the window that decides a document's score: among the windows with the
+  highest most-likely score, the one with the highest expected score (the first on a tie)."""
+  window_probs = np.asarray(window_probs, dtype=np.float32).reshape(-1, 6)
+  window_scores = window_probs.argmax(axis=1)
+  expected = window_probs @ np.arange(6, dtype=np.float32)
+  return max(range(len(window_scores)), key=lambda i: (window_scores[i], expected[i], -i))
+
 
 def document_score(window_probs: np.ndarray) -> tuple[int, list[float], list[int]]:
   """The document's score, probabilities and per-window scores from its windows' probabilities.
 
   The score is the maximum over windows of each window's most likely score. The document's
-  probabilities are those of the window that decides it: among the windows with the maximum
-  score, the one with the highest expected score.
+  probabilities are those of the window that decides it (`deciding_window`).
   """
   window_probs = np.asarray(window_probs, dtype=np.float32).reshape(-1, 6)
   window_scores = window_probs.argmax(axis=1)
-  expected = window_probs @ np.arange(6, dtype=np.float32)
-  deciding = max(range(len(window_scores)), key=lambda i: (window_scores[i], expected[i], -i))
+  deciding = deciding_window(window_probs)
   return (
       int(window_scores[deciding]),
       [float(p) for p in window_probs[deciding]],

@@ -157,6 +157,38 @@ def export_graph(graph, config, output_dir: str, output_name: str | tuple[str, .
   return {"fp32": fp32, "int8": int8}
 
 
+def quantize_static_int8(fp32_path: str, output_path: str, calibration_windows) -> str:
+  """A statically quantized int8 graph of the fp32 one: MatMul weights int8 per channel,
+  activations int8 with ranges calibrated (min-max) on `calibration_windows` and then fixed, in
+  ONNX's QDQ form. With fixed activation scales a window's probabilities no longer depend on
+  its batch neighbours, so it could be run in padded batches; it is not the shipped graph,
+  because it measured slower than the dynamic one (benchmarks/classifier_throughput.py
+  --static_int8). ONNX Runtime's quantizer fails on per-channel weights in the QOperator form,
+  hence QDQ."""
+  import numpy as np
+  import onnx
+  from onnxruntime.quantization import (
+      CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static)
+
+  class Windows(CalibrationDataReader):
+    def __init__(self, windows):
+      self._windows = iter(windows)
+
+    def get_next(self):
+      window = next(self._windows, None)
+      if window is None:
+        return None
+      ids = np.asarray(window, dtype=np.int64)[None, :]
+      return {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+
+  quantize_static(
+      fp32_path, output_path, Windows(calibration_windows), quant_format=QuantFormat.QDQ,
+      per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+      op_types_to_quantize=["MatMul"], calibrate_method=CalibrationMethod.MinMax,
+      extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "ActivationSymmetric": True})
+  return output_path
+
+
 def ensure_exported(weights_file: str = model.WEIGHTS_FILE,
                     config_file: str = model.CONFIG_FILE) -> dict[str, str]:
   """The cached model folder of the committed classifier (ONNX files and tokenizer.json), built

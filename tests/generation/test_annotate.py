@@ -62,6 +62,7 @@ def test_annotate_train_export_score_loop(llama_server, tmp_path):
       "--runner=DirectRunner", "--mode=annotate", f"--input={SAMPLE_INPUT}",
       f"--output={labelled}", "--num_shards=2", "--generator=openai",
       f"--openai_base_url={llama_server.base_url}", f"--openai_model={MODEL_ALIAS}",
+      "--openai_api_key_env=none",
       "--max_new_tokens=64", "--max_attempts=4"])
   assert report["checks_hold"], report
   labels = os.path.join(labelled, "labels", "part-*.jsonl.gz")

@@ -63,8 +63,8 @@ def _counters(result):
 def test_injected_failures_are_retried_then_dead_lettered(llama_server, capsys):
   with servers.FaultProxy(llama_server.base_url, stall_s=TIMEOUT_S + 3) as proxy:
     handler = OpenAIEndpointHandler(
-        base_url=proxy.base_url, model=servers.MODEL_ALIAS, timeout_s=TIMEOUT_S,
-        max_new_tokens=24, max_in_flight=8)
+        base_url=proxy.base_url, model=servers.MODEL_ALIAS, api_key_env="none",
+        timeout_s=TIMEOUT_S, max_new_tokens=24, max_in_flight=8)
     settings = dict(max_attempts=MAX_ATTEMPTS, backoff_s=0.05, max_backoff_s=0.2)
     soft = [d for d in _documents() if d.safety_score <= 3]
     hard = [d for d in _documents() if d.safety_score >= 4]

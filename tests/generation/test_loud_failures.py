@@ -22,7 +22,7 @@ def test_a_run_whose_every_generation_request_fails_exits_non_zero(tmp_path):
   dead_endpoint = f"http://127.0.0.1:{free_port()}/v1"
   done = subprocess.run(
       [sys.executable, "-m", "beam_pipeline.run", "--runner=DirectRunner", f"--output={output}",
-       "--generator=openai", f"--openai_base_url={dead_endpoint}", "--max_attempts=2",
+       "--generator=openai", f"--openai_base_url={dead_endpoint}", "--openai_api_key_env=none", "--max_attempts=2",
        "--retry_backoff_s=0.01", "--max_backoff_s=0.02", "--request_timeout_s=5",
        "--num_shards=1"],
       cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True,
