@@ -51,7 +51,8 @@ def save_merged(classifier, folder: str, tokenizer_path: str | None = None,
   head = classifier.head
   hidden = head[1].out_features if hasattr(head, "__getitem__") else 0
   with open(os.path.join(folder, HEAD_CONFIG), "w", encoding="utf-8") as f:
-    json.dump({"feature_layers": list(classifier.feature_layers), "head_hidden": hidden}, f)
+    json.dump({"feature_layers": list(classifier.feature_layers), "head_hidden": hidden,
+               "unsafe_bias": classifier.unsafe_bias}, f)
   if tokenizer_path:
     shutil.copyfile(tokenizer_path, os.path.join(folder, TOKENIZER))
   return folder
@@ -68,7 +69,8 @@ def load_merged(folder: str, attn_implementation: str = "sdpa"):
   encoder = AutoModel.from_config(config, add_pooling_layer=False)
   with open(os.path.join(folder, HEAD_CONFIG), encoding="utf-8") as f:
     head = json.load(f)
-  classifier = SafetyClassifier(encoder, head["feature_layers"], head["head_hidden"])
+  classifier = SafetyClassifier(encoder, head["feature_layers"], head["head_hidden"],
+                                unsafe_bias=head.get("unsafe_bias", 0.0))
   state = load_file(os.path.join(folder, MERGED_WEIGHTS))
   reference = classifier.state_dict()
   classifier.load_state_dict(
