@@ -162,9 +162,10 @@ def quantize_static_int8(fp32_path: str, output_path: str, calibration_windows) 
   activations int8 with ranges calibrated (min-max) on `calibration_windows` and then fixed, in
   ONNX's QDQ form. With fixed activation scales a window's probabilities no longer depend on
   its batch neighbours, so it could be run in padded batches; it is not the shipped graph,
-  because it measured slower than the dynamic one (benchmarks/classifier_throughput.py
-  --static_int8). ONNX Runtime's quantizer fails on per-channel weights in the QOperator form,
-  hence QDQ."""
+  because it has not been shown faster than the dynamic one, one window per call
+  (benchmarks/classifier_throughput.py --static_int8; on the shared 2-core machine one run
+  gave 0.41x, another 1.5x). ONNX Runtime 1.32's quantizer fails on this graph in the QOperator
+  form (per-channel or not), hence QDQ."""
   import numpy as np
   import onnx
   from onnxruntime.quantization import (
