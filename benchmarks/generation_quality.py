@@ -120,8 +120,10 @@ class SafetyGate:
   def __init__(self, model_path, max_score: int):
     from models.classifier import chunking
     from models.classifier.handler import OnnxSafetyModelHandler, make_session
-    self._session = make_session(OnnxSafetyModelHandler(model_path)._local_model_path())  # pylint: disable=protected-access
-    self._windower = chunking.Windower()
+    from models.classifier import artifacts
+    files = OnnxSafetyModelHandler(model_path or artifacts.default_model_folder()).model_files()
+    self._session = make_session(files.onnx)
+    self._windower = chunking.Windower(tokenizer_path=files.tokenizer_folder)
     self._max_score = max_score
 
   def score(self, text: str) -> int:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import typing
 
@@ -390,9 +391,15 @@ class TextEncoder:
       from models.classifier.chunking import Windower
       from models.classifier.handler import OnnxSafetyModelHandler, has_embedding, make_session
       # the handler resolves the default (the cached export) and remote paths as scoring does
-      path = OnnxSafetyModelHandler(self._model_path)._local_model_path()  # pylint: disable=protected-access
+      from models.classifier import artifacts
+      # None: the image's model ($SAFETY_PRETRAINING_CLASSIFIER), else the default, built here
+      location = self._model_path or (None if os.environ.get(artifacts.IMAGE_MODEL_ENV)
+                                      else artifacts.default_model_folder())
+      files = OnnxSafetyModelHandler(location).model_files()
+      path = files.onnx
       self._session = make_session(path, intra_op_threads=1)
-      self._windower = Windower(self._window, self._overlap)
+      self._windower = Windower(self._window, self._overlap,
+                                tokenizer_path=files.tokenizer_folder)
       self._available = has_embedding(self._session)
       if not self._available:
         _LOG.warning("%s has no embedding output: the off_topic check keeps every text "

@@ -70,12 +70,12 @@ class Generation(typing.NamedTuple):
   error: str = ""  # "" when `text` is a usable reply; else a reason code (see above)
   detail: str = ""  # what went wrong, for the dead letter (never a credential)
   attempts: int = 1
+  status: int = 0  # the HTTP status of a failed request, 0 when there is none
   # How the reply ended: "length" when it stopped at the token limit, "stop" when it ended on
   # its own, "" when the backend cannot say. The quality gate's truncation check reads it.
   finish_reason: str = ""
   # The quality gate's review of each attempt, as a JSON list (RetryingGenerator's `review`).
   quality: str = ""
-  status: int = 0  # the HTTP status of a failed request, 0 when there is none
 
 
 # A check of a reply: None when it is usable, else the reason code of the rejection.

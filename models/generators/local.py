@@ -237,7 +237,9 @@ class LocalGeneratorHandler(ChatBackend):
       outputs = self._generate(
           model, [texts[i] for i in indices], seed, temperature, inference_args)
       for i, (reply, finish) in zip(indices, outputs):
-        replies[i] = Generation((rendered[i][1] + reply).strip(), finish_reason=finish)
+        # the opening alone is no reply: an empty generation, retried as one
+        text = (rendered[i][1] + reply).strip() if reply.strip() else ""
+        replies[i] = Generation(text, finish_reason=finish)
     return [PredictionResult(prompt, reply) for prompt, reply in zip(batch, replies)]
 
   def _generate(

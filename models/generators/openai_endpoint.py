@@ -100,7 +100,10 @@ def completion_generation(response: typing.Any, opening: str) -> Generation:
   if not isinstance(text, str):
     return Generation("", MALFORMED_RESPONSE, "the completion has no text content")
   finish = getattr(response.choices[0], "finish_reason", "")
-  return Generation(join_reply(opening, text), finish_reason=finish if isinstance(finish, str) else "")
+  finish = finish if isinstance(finish, str) else ""
+  if not text.strip():  # the opening alone is no reply: an empty generation, retried as one
+    return Generation("", finish_reason=finish)
+  return Generation(join_reply(opening, text), finish_reason=finish)
 
 
 class Prefill:

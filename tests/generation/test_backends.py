@@ -44,6 +44,7 @@ def test_resource_hints_only_on_generation_steps():
   """With --generation_accelerator, the generation steps (and only they) run in an environment
   that carries the hints, so Dataflow gives them GPU workers and the rest CPU workers."""
   options = PipelineOptions([
+      "--generator=vllm", "--vllm_model=meta-llama/Llama-3.1-8B-Instruct",
       "--generation_accelerator=type:nvidia-l4;count:1;install-nvidia-driver",
       "--generation_min_ram=16GB", "--output=/tmp/unused"])
   pipeline = beam.Pipeline(options=options)
