@@ -93,6 +93,34 @@ def embed_windows(session, windows: typing.Sequence[np.ndarray]) -> np.ndarray:
   return mean / max(float(np.linalg.norm(mean)), 1e-9)
 
 
+def score_examples(batch, score) -> list[PredictionResult]:
+  """RunInference results of `batch`, each example a window (1-D ids) or a document's windows,
+  with every window of the batch scored in one call `score(windows) -> (n, 6)`: the one
+  flatten-and-regroup both classifier handlers (ONNX here, PyTorch in torch_handler) share."""
+  flat, owners = [], []
+  for position, example in enumerate(batch):
+    windows = [example] if isinstance(example, np.ndarray) and example.ndim == 1 else example
+    for window in windows:
+      flat.append(np.asarray(window, dtype=np.int64))
+      owners.append(position)
+  probs = score(flat)
+  per_example: list[list[np.ndarray]] = [[] for _ in batch]
+  for owner, row in zip(owners, probs):
+    per_example[owner].append(row)
+  results = []
+  for example, rows in zip(batch, per_example):
+    single = isinstance(example, np.ndarray) and example.ndim == 1
+    results.append(PredictionResult(example, rows[0] if single else np.stack(rows)))
+  return results
+
+
+def windows_num_bytes(batch) -> int:
+  """The bytes of a batch of examples as `score_examples` takes them."""
+  return sum(
+      example.nbytes if isinstance(example, np.ndarray) else sum(w.nbytes for w in example)
+      for example in batch)
+
+
 class OnnxSafetyModelHandler(ModelHandler[Windows, np.ndarray, typing.Any]):
   """Scores token windows with the exported safety classifier on ONNX Runtime.
 
@@ -139,26 +167,12 @@ class OnnxSafetyModelHandler(ModelHandler[Windows, np.ndarray, typing.Any]):
     return make_session(self.model_files().onnx, self._device, self._intra_op_threads)
 
   def run_inference(self, batch, model, inference_args=None):
-    flat, owners = [], []
-    for position, example in enumerate(batch):
-      windows = [example] if isinstance(example, np.ndarray) and example.ndim == 1 else example
-      for window in windows:
-        flat.append(np.asarray(window, dtype=np.int64))
-        owners.append(position)
-    probs = run_windows(model, flat, self._max_batch_tokens) if flat else np.zeros((0, 6))
-    per_example: list[list[np.ndarray]] = [[] for _ in batch]
-    for owner, row in zip(owners, probs):
-      per_example[owner].append(row)
-    results = []
-    for example, rows in zip(batch, per_example):
-      single = isinstance(example, np.ndarray) and example.ndim == 1
-      results.append(PredictionResult(example, rows[0] if single else np.stack(rows)))
-    return results
+    return score_examples(
+        batch, lambda flat: run_windows(model, flat, self._max_batch_tokens) if flat
+        else np.zeros((0, 6)))
 
   def get_num_bytes(self, batch) -> int:
-    return sum(
-        example.nbytes if isinstance(example, np.ndarray) else sum(w.nbytes for w in example)
-        for example in batch)
+    return windows_num_bytes(batch)
 
   def get_metrics_namespace(self) -> str:
     return "safety_classifier_onnx"

@@ -19,9 +19,10 @@ from __future__ import annotations
 import typing
 
 import numpy as np
-from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+from apache_beam.ml.inference.base import ModelHandler
 
 from models.classifier.batched import DTYPES, BatchedScorer
+from models.classifier.handler import score_examples, windows_num_bytes
 
 Windows = typing.Union[np.ndarray, typing.Sequence[np.ndarray]]
 
@@ -61,25 +62,10 @@ class TorchSafetyModelHandler(ModelHandler[Windows, np.ndarray, typing.Any]):
     return BatchedScorer(classifier, self._device, self._dtype, self._max_batch_tokens)
 
   def run_inference(self, batch, model: BatchedScorer, inference_args=None):
-    flat, owners = [], []
-    for position, example in enumerate(batch):
-      windows = [example] if isinstance(example, np.ndarray) and example.ndim == 1 else example
-      for window in windows:
-        flat.append(np.asarray(window, dtype=np.int64))
-        owners.append(position)
-    probs = model(flat)
-    per_example: list[list[np.ndarray]] = [[] for _ in batch]
-    for owner, row in zip(owners, probs):
-      per_example[owner].append(row)
-    return [
-        PredictionResult(example, rows[0] if (
-            isinstance(example, np.ndarray) and example.ndim == 1) else np.stack(rows))
-        for example, rows in zip(batch, per_example)]
+    return score_examples(batch, model)
 
   def get_num_bytes(self, batch) -> int:
-    return sum(
-        example.nbytes if isinstance(example, np.ndarray) else sum(w.nbytes for w in example)
-        for example in batch)
+    return windows_num_bytes(batch)
 
   def get_metrics_namespace(self) -> str:
     return "safety_classifier_torch"
