@@ -1,4 +1,4 @@
-"""The graph commits itself on Prism: built with
+"""The graph commits itself on Prism and on Flink: built with
 `beam_pipeline.pipeline.build` and run with no run.py around it (tests/engines/build_only.py),
 the job leaves committed shards, report.json and report.html, and nothing in staging; the shards
 are DirectRunner's, byte for byte."""
@@ -25,5 +25,12 @@ def _check_committed(output: str) -> None:
 
 def test_graph_commits_itself_on_prism_without_run_py(tmp_path, engine_args, direct_reference):
   run = run_engine("prism-build-only", str(tmp_path / "out"), *engine_args)
+  _check_committed(run.output)
+  assert_same_bytes(direct_reference.output, run.output)
+
+
+def test_graph_commits_itself_on_flink_without_run_py(tmp_path, engine_args, direct_reference):
+  """The same on a standalone Flink cluster (Beam's job server, EXTERNAL SDK workers)."""
+  run = run_engine("flink-build-only", str(tmp_path / "out"), *engine_args)
   _check_committed(run.output)
   assert_same_bytes(direct_reference.output, run.output)
