@@ -87,10 +87,10 @@ def load_generator(folder: str, device: str = "cpu", random_weights: bool = Fals
   if random_weights:
     with torch.random.fork_rng(devices=[]):
       torch.manual_seed(seed)
-      model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder), dtype=dtype)
+      model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder))
   else:
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
-  model.to(target)
+  model.to(device=target, dtype=dtype)
   model.eval()
   return LocalGenerator(model, tokenizer)
 
