@@ -131,13 +131,29 @@ def bench_openai(prompts, max_new_tokens: int, in_flight: int, tokenizer) -> dic
 
 def copy_model_config(folder: str, dest: str) -> list[str]:
   """Copies a model folder without its weights (config, generation config, tokenizer, chat
-  template) into `dest`: what `--random_weights` reads. Returns the names copied."""
+  template) into `dest`: what `--random_weights` reads. Returns the names copied.
+
+  The GPU machine's transformers may be older than this package's: the tokenizer's config there
+  names the class both know (transformers 5 writes its alias `TokenizersBackend`) and holds the
+  chat template (older ones do not read chat_template.jinja)."""
   os.makedirs(dest, exist_ok=True)
   names = sorted(name for name in os.listdir(folder)
                  if os.path.isfile(os.path.join(folder, name))
                  and not name.endswith(WEIGHT_SUFFIXES))
   for name in names:
     shutil.copyfile(os.path.join(folder, name), os.path.join(dest, name))
+  config_path = os.path.join(dest, "tokenizer_config.json")
+  template_path = os.path.join(dest, "chat_template.jinja")
+  if os.path.isfile(config_path):
+    with open(config_path, encoding="utf-8") as f:
+      config = json.load(f)
+    if config.get("tokenizer_class") == "TokenizersBackend":
+      config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    if os.path.isfile(template_path) and "chat_template" not in config:
+      with open(template_path, encoding="utf-8") as f:
+        config["chat_template"] = f.read()
+    with open(config_path, "w", encoding="utf-8") as f:
+      json.dump(config, f, indent=2, ensure_ascii=False)
   return names
 
 
@@ -178,7 +194,7 @@ def timed_batches(run, batches: list, settings: dict, device) -> dict:
   tokens = sum(run(batch, settings) for batch in batches)
   _sync(device)
   seconds = time.perf_counter() - started
-  return {"seconds": round(seconds, 3), "tokens": tokens,
+  return {"seconds": round(seconds, 4), "tokens": tokens,
           "tokens_per_s": round(tokens / seconds, 1)}
 
 
@@ -215,14 +231,20 @@ def bench_batch_sizes(args) -> dict:
         "prompts": len(prompts), "prompt_tokens_mean": round(sum(prompt_tokens)
                                                              / len(prompt_tokens), 1),
         "handler": handler, "generate": generate,
-        "handler_vs_generate": round(handler["tokens_per_s"] / generate["tokens_per_s"], 3)}
+        "handler_vs_generate": round(handler["tokens"] / handler["seconds"]
+                                     / (generate["tokens"] / generate["seconds"]), 3)}
   if args.random_weights:
     weights = (f"random (seeded), from {folder}/config.json; every reply decodes exactly "
                f"{args.max_new_tokens} tokens: throughput does not depend on the weight values")
   else:
     weights = f"trained, from {folder}; replies end at end-of-text or max_new_tokens"
   report = {
-      "mode": "handler_vs_generate", "device": str(device),
+      "mode": "handler_vs_generate",
+      "sides": {"handler": "local_decode.decode_prompts, the body of "
+                           "LocalGeneratorHandler.run_inference, one call per batch",
+                "generate": "tokenizer, model.generate, batch_decode on the same rendered "
+                            "prompts, batches and settings"},
+      "device": str(device),
       "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
       "dtype": str(dtype).replace("torch.", ""), "weights": weights,
       "max_new_tokens": args.max_new_tokens, "fixed_length": args.random_weights,

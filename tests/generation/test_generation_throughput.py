@@ -11,7 +11,8 @@ import os
 import subprocess
 import sys
 
-from benchmarks.generation_throughput import SAMPLE_DOCUMENTS, copy_model_config
+from benchmarks.generation_throughput import (
+    SAMPLE_DOCUMENTS, copy_model_config, sample_prompts)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(REPO, "benchmarks", "generation_throughput.py")
@@ -26,11 +27,22 @@ def test_the_prompts_are_the_pipeline_sample():
 
 
 def test_random_weights_report_without_beam(tmp_path):
-  from transformers import LlamaConfig
+  from transformers import AutoTokenizer, LlamaConfig
   from models.generators.local import prepare_local_model
+  from models.generators.local_decode import render_prompts
   folder = str(tmp_path / "generator")
   names = copy_model_config(prepare_local_model(), folder)  # what make_gpu_bundle.py copies
   assert "tokenizer.json" in names and not [n for n in names if n.endswith(".safetensors")]
+  # The copy's tokenizer config, written for older transformers too, renders the same tokens.
+  prompts = sample_prompts(2) + [[{"role": "user", "content": "Hi"},
+                                  {"role": "assistant", "content": "User:"}]]
+  renders = []
+  for source in (prepare_local_model(), folder):
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    rendered = render_prompts(tokenizer, prompts)
+    renders.append([(text, opening, tokenizer(text, add_special_tokens=False).input_ids)
+                    for text, opening in rendered])
+  assert renders[0] == renders[1]
   # SmolLM2's tokenizer, a tiny model in place of its config: quick on CPU.
   LlamaConfig(vocab_size=49152, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
               num_attention_heads=2, num_key_value_heads=1, bos_token_id=1, eos_token_id=2,
