@@ -164,6 +164,11 @@ class SafetyPretrainingOptions(PipelineOptions):
                                  "batches them itself: use 64 or more on a GPU)")
     generation.add_argument("--generator_threads", type=int, default=0,
                             help="torch threads per worker for generation (0: torch default)")
+    generation.add_argument("--generator_device", choices=["cpu", "cuda", "auto"], default="cpu",
+                            help="local backend: cpu (float32), cuda (bfloat16; float16 on GPUs "
+                                 "before Ampere; an error at load where torch sees no CUDA "
+                                 "device) or auto (cuda where torch sees one, else cpu); cuda "
+                                 "and auto allow --generation_accelerator")
     generation.add_argument("--max_attempts", type=int, default=3,
                             help="tries per generation request, retries included: a timeout, "
                                  "HTTP error, malformed response or unusable reply (empty, not a "

@@ -85,7 +85,7 @@ def generator_handler(options: SafetyPretrainingOptions):
       max_new_tokens=options.max_new_tokens, temperature=options.temperature,
       top_p=options.top_p, repetition_penalty=options.repetition_penalty,
       batch_size=options.generation_batch_size,
-      torch_threads=options.generator_threads or None,
+      torch_threads=options.generator_threads or None, device=options.generator_device,
       retry_temperature=options.retry_temperature)
 
 
@@ -94,16 +94,16 @@ def generation_hints(options: SafetyPretrainingOptions) -> dict[str, str]:
   hints = {}
   if options.generation_accelerator:
     gpu_generator = options.generator == "vllm" or (
-        options.generator == "local" and getattr(options, "generator_device", "cpu") == "cuda")
+        options.generator == "local" and options.generator_device != "cpu")
     if not gpu_generator:
       # GPU workers cost many times a CPU worker; a hint that the backend never uses is money
       # spent on idle accelerators (the remote endpoint or the CPU local backend does the work).
       raise ValueError(
           f"--generation_accelerator rents GPU workers, but --generator={options.generator} "
           + ("calls a remote endpoint" if options.generator == "openai"
-             else "runs on the worker's CPU")
-          + " and would leave them idle: use --generator=vllm (or the local backend on cuda), "
-            "or drop --generation_accelerator")
+             else "runs on the worker's CPU (--generator_device=cpu)")
+          + " and would leave them idle: use --generator=vllm or --generator_device=cuda (or "
+            "auto), or drop --generation_accelerator")
     hints["accelerator"] = options.generation_accelerator
   if options.generation_min_ram:
     hints["min_ram"] = options.generation_min_ram

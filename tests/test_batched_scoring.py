@@ -109,6 +109,9 @@ def test_gpu_benchmark_runs_from_a_bundle(tmp_path):
   from benchmarks import classifier_gpu, classifier_throughput, make_gpu_bundle  # pylint: disable=import-outside-toplevel
   bundle = str(tmp_path / "bundle")
   make_gpu_bundle.main(["--output", bundle, "--docs", "12", "--chars", "1500"])
+  generator = os.listdir(os.path.join(bundle, "generator"))  # for generation_throughput.py
+  assert "config.json" in generator and "tokenizer.json" in generator
+  assert not [name for name in generator if name.endswith(".safetensors")]
   args = classifier_throughput.build_parser().parse_args(
       ["--device", "cuda", "--bundle", bundle, "--gpu_passes", "1", "--gpu_batch_tokens", "4096"])
   report = classifier_gpu.gpu_report(args, device="cpu")

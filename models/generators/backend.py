@@ -27,6 +27,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
+# Beam-free, in prompts.py (the local backend's decoding runs without Beam); re-exported here.
+from models.generators.prompts import chat_messages, reply_opening  # noqa: F401
+
 # One chat prompt: a sequence of {"role": ..., "content": ...} messages, or of (role, content)
 # pairs when it must be hashable. A final "assistant" message is the opening of the reply: the
 # backend continues it, and the reply returned starts with it.
@@ -83,20 +86,6 @@ Check = Callable[[str], typing.Optional[str]]
 # A review of a reply that passed the check: (prompt, Generation) -> (the Generation, its text
 # possibly cut and its error set when rejected; a JSON-able record of the review).
 Review = Callable[[typing.Any, Generation], tuple]
-
-
-def chat_messages(prompt: Prompt) -> list[dict[str, str]]:
-  """The prompt as a list of {"role", "content"} dicts."""
-  return [
-      dict(message) if isinstance(message, Mapping) else {
-          "role": message[0], "content": message[1]
-      } for message in prompt
-  ]
-
-
-def reply_opening(messages: Sequence[Mapping[str, str]]) -> str:
-  """The opening of the reply that a prompt's final assistant message prescribes, or ""."""
-  return messages[-1]["content"] if messages and messages[-1]["role"] == "assistant" else ""
 
 
 def prompt_seed(prompt: Prompt, attempt: int = 1, bits: int = 63) -> int:

