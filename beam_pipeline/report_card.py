@@ -16,11 +16,11 @@ import typing
 
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.quality import BRANCH_KINDS, KIND_CHECKS
+from corpus.records import BRANCHES, SAMPLES_DIR
+from transforms.quality_checks import BRANCH_KINDS, KIND_CHECKS
+from transforms.quality_samples import QUALITY_SAMPLES_PREFIX
 
 REPORT_CARD = "report.html"
-SAMPLES_DIR = "samples"
-BRANCHES = ("raw", "tagged", "safeweb", "refuseweb", "moral_education")
 BRANCH_TITLES = {
     "raw": "raw: safe originals (score 0), kept as they are",
     "tagged": "tagged: unsafe originals with harmfulness tags",
@@ -407,11 +407,14 @@ def render(report: dict, samples: dict | None = None, title: str = "Data report 
           f"<body><main>{''.join(body)}</main></body></html>\n")
 
 
-def read_samples(output_dir: str) -> dict:
-  """{branch: [sample, ...]} from `{output_dir}/samples/<branch>.json` (absent files skipped)."""
+def read_samples(output_dir: str, branches: typing.Sequence[str] = BRANCHES,
+                 prefix: str = "") -> dict:
+  """{branch: its samples} from `{output_dir}/samples/<prefix><branch>.json` (absent files
+  skipped): the sinks' sample documents, or with QUALITY_SAMPLES_PREFIX the quality gate's
+  passing and rejected texts."""
   samples = {}
-  for branch in BRANCHES:
-    path = FileSystems.join(output_dir, SAMPLES_DIR, f"{branch}.json")
+  for branch in branches:
+    path = FileSystems.join(output_dir, SAMPLES_DIR, f"{prefix}{branch}.json")
     if FileSystems.exists(path):
       with FileSystems.open(path) as f:
         samples[branch] = json.loads(f.read().decode("utf-8"))

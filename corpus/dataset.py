@@ -1,7 +1,7 @@
-"""The `tf.data` reader for the TFRecord files that `transforms.records.WriteDocuments` writes.
+"""The `tf.data` reader for the TFRecord files that `transforms.sinks.WriteDocuments` writes.
 
 It parses exactly `schema.FEATURES`, and can tokenize the text on the fly with tensorflow-text,
-keeping `schema.HARMFULNESS_TAG` as one special token. TensorFlow and tensorflow-text are
+keeping `HARMFULNESS_TAG` as one special token. TensorFlow and tensorflow-text are
 imported here only, so the pipeline itself runs without them.
 """
 
@@ -12,7 +12,8 @@ import typing
 
 import tensorflow as tf
 
-from transforms import schema
+from corpus import schema
+from corpus.records import HARMFULNESS_TAG
 
 TOKEN_IDS = "token_ids"
 WORDPIECE_UNKNOWN_TOKEN = "[UNK]"
@@ -28,8 +29,8 @@ def _sentencepiece_tokenizer(model_path: str) -> _PieceTokenizer:
   import tensorflow_text as tf_text  # pylint: disable=import-outside-toplevel
   with tf.io.gfile.GFile(model_path, "rb") as model_file:
     tokenizer = tf_text.SentencepieceTokenizer(model=model_file.read(), out_type=tf.int32)
-  tag_id = int(tokenizer.string_to_id(schema.HARMFULNESS_TAG))
-  if tokenizer.id_to_string(tag_id).numpy().decode("utf-8") != schema.HARMFULNESS_TAG:
+  tag_id = int(tokenizer.string_to_id(HARMFULNESS_TAG))
+  if tokenizer.id_to_string(tag_id).numpy().decode("utf-8") != HARMFULNESS_TAG:
     tag_id = int(tokenizer.vocab_size())  # not in the model: the first id after the vocabulary
 
   def tokenize(pieces: tf.Tensor) -> tf.RaggedTensor:
@@ -47,7 +48,7 @@ def _wordpiece_tokenizer(vocab_path: str) -> _PieceTokenizer:
   # Splits on whitespace and punctuation itself (BERT-style) before WordPiece.
   tokenizer = tf_text.FastWordpieceTokenizer(
       vocab=vocab, token_out_type=tf.int64, unknown_token=WORDPIECE_UNKNOWN_TOKEN)
-  tag_id = vocab.index(schema.HARMFULNESS_TAG) if schema.HARMFULNESS_TAG in vocab else len(vocab)
+  tag_id = vocab.index(HARMFULNESS_TAG) if HARMFULNESS_TAG in vocab else len(vocab)
 
   def tokenize(pieces: tf.Tensor) -> tf.RaggedTensor:
     return tokenizer.tokenize(tf_text.case_fold_utf8(pieces))
@@ -73,7 +74,7 @@ def tokenize_with_tag(
     tag_token_id: int) -> tf.Tensor:
   """Token ids of a scalar string, with each harmfulness tag as the single id `tag_token_id`."""
   import tensorflow_text as tf_text  # pylint: disable=import-outside-toplevel
-  tag_pattern = re.escape(schema.HARMFULNESS_TAG)
+  tag_pattern = re.escape(HARMFULNESS_TAG)
   pieces = tf_text.regex_split(
       tf.reshape(text, [1]), delim_regex_pattern=tag_pattern,
       keep_delim_regex_pattern=tag_pattern)[0]
@@ -86,7 +87,7 @@ def tokenize_with_tag(
   candidates = tf.concat([piece_tokens, tag_tokens], axis=0)
   piece_range = tf.range(num_pieces)
   chosen_rows = tf.where(
-      tf.equal(pieces, schema.HARMFULNESS_TAG), piece_range + num_pieces, piece_range)
+      tf.equal(pieces, HARMFULNESS_TAG), piece_range + num_pieces, piece_range)
   return tf.gather(candidates, chosen_rows).flat_values
 
 

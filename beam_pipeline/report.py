@@ -1,13 +1,16 @@
-"""The run's report: run statistics computed as data in the graph, the checks, report.json.
+"""The run's report, for both modes (curate and annotate): statistics computed as data in the
+graph, the checks, report.json, and the summary printed at the end.
 
 The figures are tallies, `(name, source, count)` rows that the graph derives from the
 PCollections themselves (documents read, scored, sent to each generation step, written; dead
-letters by stage and reason), summed by `RunStatistics` into one record `{name: count}`, and
-turned into the report by `build_report`. They are data, not runner metrics, because a job
-launched from a template is never seen by the process that built it, and because metrics keyed
-by an input file (a crawl has ~90,000 of them) pass every runner's metric limits: per-source
-tallies keep the `top_sources` largest sources by name and fold the rest into `other`. Beam
-counters stay for progress (Flink's and Dataflow's UIs) and are not read here.
+letters by stage and reason; labels; quality reviews), summed by `RunStatistics` into one record
+`{name: count}`, and turned into the report by `build_report` (`mode` curate or annotate). They
+are data, not runner metrics, because a job launched from a template is never seen by the
+process that built it, and because metrics keyed by an input file (a crawl has ~90,000 of them)
+pass every runner's metric limits: per-source tallies keep the `top_sources` largest sources by
+name and fold the rest into `other`. Beam counters stay for progress (Flink's and Dataflow's
+UIs) and are not read here. CommitOutput (beam_pipeline/output_folder.py) writes the report with
+`write_report_files`, report.html beside it (beam_pipeline/report_card.py).
 """
 
 from __future__ import annotations
@@ -18,28 +21,31 @@ import typing
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from transforms.documents import (STAGE_DEDUPLICATE, STAGE_MORAL_EDUCATION, STAGE_READ,
-                                  STAGE_REFUSEWEB, STAGE_REPHRASE, STAGE_SCORE, STAGE_TAG,
-                                  STAGE_VALIDATE)
-from transforms.gate import gate_stage
-from transforms.quality import quality_report, read_quality_samples
 
-BRANCHES = ("raw", "safeweb", "refuseweb", "moral_education", "tagged")
-# generation branch -> the stage that generates it
-GENERATION_STAGES = {
-    "safeweb": STAGE_REPHRASE,
-    "refuseweb": STAGE_REFUSEWEB,
-    "moral_education": STAGE_MORAL_EDUCATION,
-}
+from beam_pipeline import report_card
+from corpus.records import (BRANCHES, GENERATED_BRANCHES, GENERATION_STAGES, HARMFULNESS_TAG,
+                            STAGE_ANNOTATE, STAGE_DEDUPLICATE, STAGE_READ, STAGE_SCORE,
+                            STAGE_TAG, STAGE_VALIDATE, TAGGED)
+from models.generators.backend import (CONNECTION_ERROR, HTTP_ERROR, MALFORMED_RESPONSE,
+                                       REQUEST_REJECTED, TIMEOUT)
+from transforms.gate import gate_stage
+from transforms.generation import GENERATION_ERROR
+from transforms.progress import STAGE_PROGRESS
+from transforms.quality_checks import BRANCH_KINDS, KIND_CHECKS
+from transforms.quality_samples import QUALITY_SAMPLES_PREFIX, QualityReview
+from transforms.tagging import count_tags
+
+CURATE = "curate"
+ANNOTATE = "annotate"
 BEFORE_OUTPUT_STAGES = (STAGE_READ, STAGE_VALIDATE, STAGE_DEDUPLICATE, STAGE_SCORE, STAGE_TAG)
-# Counters of the report card (transforms.records) and of progress (transforms.progress).
+# Counters of the report card (the branch tallies below) and of progress (transforms.progress).
 _CARD_PREFIX = "card."
-_PROGRESS_PREFIX = "progress."
+_PROGRESS_PREFIX = f"{STAGE_PROGRESS}."
 # Generation dead-letter reasons that mean the backend failed, not that a reply was unusable or
 # unsafe (models.generators.backend): a branch that loses most requests to these is broken.
 FAILURE_REASONS = frozenset({
-    "generation_timeout", "generation_http_error", "generation_request_rejected",
-    "generation_connection_error", "malformed_response", "generation_error"})
+    TIMEOUT, HTTP_ERROR, REQUEST_REJECTED, CONNECTION_ERROR, MALFORMED_RESPONSE,
+    GENERATION_ERROR})
 OTHER_SOURCES = "other"
 NO_SOURCE = "(no source)"
 DEFAULT_TOP_SOURCES = 20
@@ -77,7 +83,6 @@ class _SumTallies(beam.CombineFn):
 def written_tallies(document, branch: str) -> typing.List[Tally]:
   """What the report counts of a document written to `branch`: the branch, the score per source
   (the report card), its words and tags."""
-  from transforms.schema import HARMFULNESS_TAG  # pylint: disable=import-outside-toplevel
   words = len(document.text.replace(HARMFULNESS_TAG, " ").split())
   tallies = [
       tally(f"write.{branch}"),
@@ -87,7 +92,7 @@ def written_tallies(document, branch: str) -> typing.List[Tally]:
       tally(f"{_CARD_PREFIX}words.{branch}", words),
       tally(f"{_CARD_PREFIX}tags.{branch}", document.tag_count),
   ]
-  if branch == "tagged":
+  if branch == TAGGED:
     tallies.append(tally(f"{STAGE_TAG}.tags_inserted", document.tag_count))
   return tallies
 
@@ -111,7 +116,6 @@ def read_tallies(document) -> typing.List[Tally]:
 def stripped_tallies(document, where: str) -> typing.List[Tally]:
   """The tags (and near spellings) that StripTags will remove from a document of `where`
   (`input` or a generation branch), tallied before it does."""
-  from transforms.tagging import count_tags  # pylint: disable=import-outside-toplevel
   tags = count_tags(document.text)
   return [tally(f"strip.{where}.tags", tags), tally(f"strip.{where}.documents")] if tags else []
 
@@ -120,6 +124,30 @@ def request_tallies(document, stage: str) -> typing.List[Tally]:
   """A document sent to the generation step `stage` (one request, retries aside)."""
   del document
   return [tally(f"{stage}.requests")]
+
+
+def label_tallies(line: str) -> list:
+  """The report's tallies of one label row: the label, its score and its retries."""
+  label = json.loads(line)
+  return [tally("write.labels"), tally(f"{STAGE_ANNOTATE}.score_{label['score_0_5']}"),
+          tally(f"{STAGE_ANNOTATE}.retries", max(int(label.get("attempts", 1)) - 1, 0))]
+
+
+def review_tallies(review: QualityReview) -> list:
+  """The report's figures of one request: `quality.<branch>.<style>.<name>` counts."""
+  prefix = f"quality.{review.branch}.{review.style or 'all'}"
+  attempts = json.loads(review.attempts or "[]")
+  reviewed = [attempt for attempt in attempts if "failed" in attempt]
+  tallies = [tally(f"{prefix}.requests"), tally(f"{prefix}.attempts", len(attempts)),
+             tally(f"{prefix}.reviewed", len(reviewed))]
+  if not review.reason:
+    tallies.append(tally(f"{prefix}.passed"))
+  if attempts and "failed" in attempts[0] and not attempts[0]["failed"]:
+    tallies.append(tally(f"{prefix}.passed_first_attempt"))
+  for attempt in reviewed:
+    tallies.extend(tally(f"{prefix}.failed.{check}") for check in attempt["failed"])
+    tallies.extend(tally(f"{prefix}.cut.{cut}") for cut in attempt["cuts"])
+  return tallies
 
 
 class Tallies(beam.PTransform):
@@ -202,8 +230,17 @@ def _fraction(part: int, whole: int) -> float:
 
 
 def build_report(counters: dict[str, int],
-                 max_failure_fraction: float = DEFAULT_MAX_FAILURE_FRACTION) -> dict:
-  """report.json's content from the run's statistics (RunStatistics' record).
+                 max_failure_fraction: float = DEFAULT_MAX_FAILURE_FRACTION,
+                 mode: str = CURATE) -> dict:
+  """report.json's content from the run's statistics (RunStatistics' record), for `mode`."""
+  if mode == ANNOTATE:
+    return build_annotate_report(counters, max_failure_fraction)
+  return build_curate_report(counters, max_failure_fraction)
+
+
+def build_curate_report(counters: dict[str, int],
+                        max_failure_fraction: float = DEFAULT_MAX_FAILURE_FRACTION) -> dict:
+  """A curate run's report.json.
 
   Checks: nothing lost (documents read = raw + tagged + dead letters before routing; per
   generation branch, requests = outputs + dead letters), and nothing broken: no generation branch
@@ -278,6 +315,67 @@ def build_report(counters: dict[str, int],
   }
 
 
+def build_annotate_report(counters: dict[str, int],
+                          max_failure_fraction: float = DEFAULT_MAX_FAILURE_FRACTION) -> dict:
+  """report.json of an annotate run: labels per score, dead letters, and the check that every
+  document read is labelled or dead-lettered."""
+  get = lambda name: int(counters.get(name, 0))
+  dead_letters = dead_letters_by_stage(counters)
+  valid, documents_read = read_counts(counters, dead_letters)
+  del max_failure_fraction  # curate's failure checks; a judge run checks labels + dead letters
+  labelled = get("write.labels")
+  dead_total = sum(sum(reasons.values()) for reasons in dead_letters.values())
+  check = {
+      "documents_read": documents_read,
+      "labelled": labelled,
+      "dead_letters": dead_total,
+      "holds": documents_read == labelled + dead_total,
+  }
+  return {
+      "mode": ANNOTATE,
+      "documents_read": documents_read,
+      "documents_valid": valid,
+      "requests": get(f"{STAGE_ANNOTATE}.requests"),
+      "labelled": labelled,
+      "per_score": {str(score): get(f"{STAGE_ANNOTATE}.score_{score}") for score in range(6)},
+      "retries": get(f"{STAGE_ANNOTATE}.retries"),
+      "dead_letters": dead_letters,
+      "dead_letters_total": dead_total,
+      "dead_letters_written": get("write.dead_letter"),
+      "checks": {"annotate": check},
+      "checks_hold": check["holds"],
+  }
+
+
+def quality_report(counters: dict) -> dict:
+  """{branch: {style: figures}} from the review tallies: requests, attempts, reviewed
+  attempts, texts that passed (after retries) and at the first attempt, and per check the
+  failures and the pass rate over reviewed attempts; cuts per kind."""
+  report: dict = {}
+  for name, value in sorted(counters.items()):
+    if not name.startswith("quality."):
+      continue
+    _, branch, style, figure = name.split(".", 3)
+    entry = report.setdefault(branch, {}).setdefault(style, {
+        "requests": 0, "attempts": 0, "reviewed": 0, "passed": 0, "passed_first_attempt": 0,
+        "checks": {}, "cuts": {}})
+    if figure.startswith("failed."):
+      entry["checks"].setdefault(figure[len("failed."):], {})["failed"] = int(value)
+    elif figure.startswith("cut."):
+      entry["cuts"][figure[len("cut."):]] = int(value)
+    else:
+      entry[figure] = int(value)
+  for branch, styles in report.items():
+    for entry in styles.values():
+      reviewed = entry["reviewed"]
+      for check in KIND_CHECKS[BRANCH_KINDS[branch]]:
+        figures = entry["checks"].setdefault(check, {})
+        figures.setdefault("failed", 0)
+        figures["pass_rate"] = round(1 - figures["failed"] / reviewed, 4) if reviewed else None
+      entry["pass_rate"] = round(entry["passed"] / entry["requests"], 4) if entry["requests"] else None
+  return report
+
+
 def _score_distribution(counters: dict[str, int]) -> dict[str, dict[str, dict[str, int]]]:
   """{branch: {source: {score: documents written}}}, every branch and score 0-5 present."""
   distribution: dict[str, dict[str, dict[str, int]]] = {branch: {} for branch in BRANCHES}
@@ -306,15 +404,20 @@ def _tag_figures(get) -> dict:
 
 def write_report_files(report: dict, output_dir: str) -> typing.List[str]:
   """report.json, then (a curate run's) report.html beside it; their paths. CommitOutput's."""
-  from transforms.report_card import write_report_card  # pylint: disable=import-outside-toplevel
   paths = []
-  if "per_branch" in report:
+  if has_report_card(report):
     # Source beside output, passing and rejected, per branch: the samples the graph wrote.
-    report = dict(report, quality_samples=read_quality_samples(output_dir))
-    paths.append(write_report_card(report, output_dir))
+    report = dict(report, quality_samples=report_card.read_samples(
+        output_dir, GENERATED_BRANCHES, QUALITY_SAMPLES_PREFIX))
+    paths.append(report_card.write_report_card(report, output_dir))
   # Last: a folder with report.json holds a complete run.
   paths.insert(0, write_report(report, output_dir))
   return paths
+
+
+def has_report_card(report: dict) -> bool:
+  """True for the report of a curate run, which report.html shows beside report.json."""
+  return "per_branch" in report
 
 
 def read_report(output_dir: str) -> dict:
@@ -330,7 +433,14 @@ def write_report(report: dict, output_dir: str) -> str:
 
 
 def summary(report: dict) -> str:
-  """A short human summary of the report."""
+  """A short human summary of the report (of either mode)."""
+  if report.get("mode") == ANNOTATE:
+    return annotate_summary(report)
+  return curate_summary(report)
+
+
+def curate_summary(report: dict) -> str:
+  """A short human summary of a curate run's report."""
   lines = [f"documents read: {report['documents_read']} ({report['documents_valid']} valid)"]
   lines.append("per score: " + ", ".join(f"{k}: {v}" for k, v in report["per_score"].items()))
   lines.append("per branch: " + ", ".join(f"{k}: {v}" for k, v in report["per_branch"].items()))
@@ -376,6 +486,19 @@ def summary(report: dict) -> str:
       f"{'holds' if reading['holds'] else 'FAILS'}")
   for name in report.get("failed_checks", []):
     lines.append(f"FAILED check {name}: {failed_check_reason(report, name)}")
+  return "\n".join(lines)
+
+
+def annotate_summary(report: dict) -> str:
+  lines = [f"documents read: {report['documents_read']} ({report['documents_valid']} valid)",
+           f"labelled: {report['labelled']} (retries: {report['retries']})",
+           "per score: " + ", ".join(f"{k}: {v}" for k, v in report["per_score"].items()),
+           f"dead letters: {report['dead_letters_total']}"]
+  for stage, reasons in report["dead_letters"].items():
+    lines.append(f"  {stage}: " + ", ".join(f"{r}: {n}" for r, n in reasons.items()))
+  check = report["checks"]["annotate"]
+  lines.append(f"check: read {check['documents_read']} = labelled {check['labelled']} + dead "
+               f"letters {check['dead_letters']}: {'holds' if check['holds'] else 'FAILS'}")
   return "\n".join(lines)
 
 

@@ -2,7 +2,7 @@
 
 Every `Document` field is one feature of a `tf.train.Example`, under the field's name. The
 writer (`document_to_example_bytes`) and the `tf.data` reader (`tf_feature_spec`, used by
-`transforms.dataset`) both follow `FEATURES`, so they cannot drift apart.
+`corpus.dataset`) both follow `FEATURES`, so they cannot drift apart.
 
 The Example is built with protobuf message classes declared here, with the same package and
 field numbers as TensorFlow's `example.proto` and `feature.proto`, so writing needs no
@@ -18,10 +18,7 @@ from google.protobuf import descriptor_pb2
 from google.protobuf import descriptor_pool
 from google.protobuf import message_factory
 
-from transforms.documents import Document
-
-# The harmfulness tag that tagging inserts and the tokenizer keeps as one token.
-HARMFULNESS_TAG = "<potentially_unsafe_content>"
+from corpus.records import Document
 
 BYTES = "bytes"
 INT64 = "int64"
