@@ -11,7 +11,27 @@ import os
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from transforms.quality_checks import CHECKS, TRUNCATION_MODES, QualitySettings
+
 SAMPLE_INPUT = os.path.join(os.path.dirname(__file__), "sample", "documents.jsonl")
+# --quality_<field> of each QualitySettings field but the generation budget (--max_new_tokens).
+QUALITY_HELP = {
+    "max_meta_sentences": "preamble: sentences about the task (not cut) a text may hold",
+    "max_refusals": "refusal: refusal phrases a safeweb or moral_education text may hold",
+    "truncation": "truncation: a text stopped at --max_new_tokens is cut back to its last full "
+                  "sentence when that keeps at least half of it (trim, counted), else rejected; "
+                  "reject: always rejected",
+    "max_repeated_ngrams": "repetition: the largest share of word 4-grams repeating one",
+    "min_length_ratio": "too_short: words of a rewrite per word of its source",
+    "min_words": "too_short: the least words of a rewrite (both length bounds are capped at "
+                 "half of --max_new_tokens)",
+    "min_topic_similarity": "off_topic: the least cosine between source and text under the "
+                            "classifier's encoder (see the README for its calibration)",
+    "refusal_parts": "refuseweb_structure: of decline, explain and offer an alternative, how "
+                     "many the assistant's answer needs",
+    "moral_min_words": "moral_education_shape: the least words of an article",
+    "max_personal_share": "moral_education_shape: the largest share of I/we/you words",
+}
 
 
 class SafetyPretrainingOptions(PipelineOptions):
@@ -186,38 +206,17 @@ class SafetyPretrainingOptions(PipelineOptions):
 
     quality = parser.add_argument_group(
         "quality gate (every generated text; a failing one is retried, then dead-lettered as "
-        "quality_<check>; transforms/quality.py)")
+        "quality_<check>; transforms/quality_checks.py)")
     quality.add_argument("--quality", choices=["on", "off"], default="on",
                          help="off: texts are reviewed and reported, never cut or rejected")
     quality.add_argument("--quality_checks", default="all",
-                         help="comma-separated checks to run (default all: preamble, refusal, "
-                              "truncation, repetition, too_short, off_topic, "
-                              "refuseweb_structure, moral_education_shape)")
-    quality.add_argument("--quality_max_meta_sentences", type=int, default=0,
-                         help="preamble: sentences about the task (not cut) a text may hold")
-    quality.add_argument("--quality_max_refusals", type=int, default=0,
-                         help="refusal: refusal phrases a safeweb or moral_education text may hold")
-    quality.add_argument("--quality_truncation", choices=["reject", "trim"], default="trim",
-                         help="truncation: a text stopped at --max_new_tokens is cut back to "
-                              "its last full sentence when that keeps at least half of it "
-                              "(trim, counted), else rejected; reject: always rejected")
-    quality.add_argument("--quality_max_repeated_ngrams", type=float, default=0.3,
-                         help="repetition: the largest share of word 4-grams repeating one")
-    quality.add_argument("--quality_min_length_ratio", type=float, default=0.2,
-                         help="too_short: words of a rewrite per word of its source")
-    quality.add_argument("--quality_min_words", type=int, default=30,
-                         help="too_short: the least words of a rewrite (both length bounds are "
-                              "capped at half of --max_new_tokens)")
-    quality.add_argument("--quality_min_topic_similarity", type=float, default=0.1,
-                         help="off_topic: the least cosine between source and text under the "
-                              "classifier's encoder (see the README for its calibration)")
-    quality.add_argument("--quality_refusal_parts", type=int, default=3,
-                         help="refuseweb_structure: of decline, explain and offer an "
-                              "alternative, how many the assistant's answer needs")
-    quality.add_argument("--quality_moral_min_words", type=int, default=120,
-                         help="moral_education_shape: the least words of an article")
-    quality.add_argument("--quality_max_personal_share", type=float, default=0.02,
-                         help="moral_education_shape: the largest share of I/we/you words")
+                         help=f"comma-separated checks to run (default all: {', '.join(CHECKS)})")
+    # One --quality_<field> per QualitySettings field, with the field's default and type.
+    for field, text in QUALITY_HELP.items():
+      default = QualitySettings._field_defaults[field]  # pylint: disable=protected-access
+      kind = {"choices": list(TRUNCATION_MODES)} if field == "truncation" else {
+          "type": type(default)}
+      quality.add_argument(f"--quality_{field}", default=default, help=text, **kind)
 
     endpoint = parser.add_argument_group("openai generator (--generator=openai)")
     endpoint.add_argument("--openai_base_url", default=None,

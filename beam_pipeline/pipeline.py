@@ -97,18 +97,12 @@ def generation_hints(options: SafetyPretrainingOptions) -> dict[str, str]:
 
 
 def quality_settings(options: SafetyPretrainingOptions):
-  """The quality gate's thresholds from the `--quality_*` options."""
+  """The quality gate's thresholds from the `--quality_*` options (one per QualitySettings field
+  but the generation budget, which is --max_new_tokens)."""
+  from beam_pipeline.options import QUALITY_HELP
   from transforms.quality_checks import QualitySettings
-  return QualitySettings(
-      max_meta_sentences=options.quality_max_meta_sentences,
-      max_refusals=options.quality_max_refusals, truncation=options.quality_truncation,
-      max_repeated_ngrams=options.quality_max_repeated_ngrams,
-      min_length_ratio=options.quality_min_length_ratio, min_words=options.quality_min_words,
-      min_topic_similarity=options.quality_min_topic_similarity,
-      refusal_parts=options.quality_refusal_parts,
-      moral_min_words=options.quality_moral_min_words,
-      max_personal_share=options.quality_max_personal_share,
-      max_new_tokens=options.max_new_tokens)
+  return QualitySettings(max_new_tokens=options.max_new_tokens, **{
+      field: getattr(options, f"quality_{field}") for field in QUALITY_HELP})
 
 
 def quality_gate(kind: str, options: SafetyPretrainingOptions):

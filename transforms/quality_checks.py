@@ -54,6 +54,7 @@ BRANCH_KINDS = {SAFEWEB: KIND_REPHRASE, REFUSEWEB: KIND_REFUSEWEB,
                 MORAL_EDUCATION: KIND_MORAL_EDUCATION}
 REASONS = frozenset(REASON_PREFIX + check for check in CHECKS)
 # The cuts made before the checks (counted in the report).
+TRUNCATION_MODES = ("reject", "trim")  # QualitySettings.truncation
 FINISH_LENGTH = "length"  # a backend's finish reason for a reply stopped at the token limit
 
 

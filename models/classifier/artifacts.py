@@ -31,11 +31,9 @@ import tempfile
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-LOG = logging.getLogger("models.classifier.artifacts")
+from models.classifier.folder import FP32_NAME, INT8_NAME, TOKENIZER_NAME
 
-FP32_NAME = "model.onnx"
-INT8_NAME = "model.int8.onnx"
-TOKENIZER_NAME = "tokenizer.json"
+LOG = logging.getLogger("models.classifier.artifacts")
 # The model folder a machine (the template image) holds, read when no --classifier_model is given.
 IMAGE_MODEL_ENV = "SAFETY_PRETRAINING_CLASSIFIER"
 # Under the job's temp location: <temp>/safety-pretraining/classifier/<content digest>/.
