@@ -256,7 +256,7 @@ def main(argv=None):
                       "source, output and verdict) to this file")
   parser.add_argument("--llama_cpp", action="store_true",
                       help="serve the SmolLM2 GGUF with llama.cpp's OpenAI-compatible server "
-                           "(.venv-llama, as tests/generation/servers.py runs it) on 127.0.0.1 "
+                           "(.venv-llama, as tests/e2e/generation/servers.py runs it) on 127.0.0.1 "
                            "and benchmark it through --generator=openai")
   args, pipeline_args = parser.parse_known_args(argv)
   if not any(a.startswith("--max_attempts") for a in pipeline_args):

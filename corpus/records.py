@@ -10,8 +10,6 @@ This module imports nothing from the project (only Beam, to register the records
 models/, transforms/ and beam_pipeline/ may all import it and no import runs in a circle.
 """
 
-from __future__ import annotations
-
 import json
 import typing
 

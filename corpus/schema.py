@@ -1,8 +1,10 @@
 """The TFRecord feature schema: the one place that says what a written record holds.
 
-Every `Document` field is one feature of a `tf.train.Example`, under the field's name. The
-writer (`document_to_example_bytes`) and the `tf.data` reader (`tf_feature_spec`, used by
-`corpus.dataset`) both follow `FEATURES`, so they cannot drift apart.
+Every `Document` field (corpus/records.py) is one feature of a `tf.train.Example`, under the
+field's name, its kind given by the field's type: `FEATURES` is derived from `Document`, so a new
+field is a new feature. The writer (`document_to_example_bytes`) and the `tf.data` reader
+(`tf_feature_spec`, used by `corpus.dataset`) both follow `FEATURES`, so they cannot drift
+apart.
 
 The Example is built with protobuf message classes declared here, with the same package and
 field numbers as TensorFlow's `example.proto` and `feature.proto`, so writing needs no
@@ -32,24 +34,17 @@ class Feature(typing.NamedTuple):
   var_len: bool = False  # False: exactly one value; True: any number of values
 
 
-FEATURES: typing.Tuple[Feature, ...] = (
-    Feature("id", BYTES),
-    Feature("text", BYTES),
-    Feature("url", BYTES),
-    Feature("source", BYTES),
-    Feature("metadata", BYTES),
-    Feature("safety_score", INT64),
-    Feature("safety_probs", FLOAT, var_len=True),  # 6 values once scored, none before
-    Feature("chunk_scores", INT64, var_len=True),
-    Feature("stage", BYTES),
-    Feature("style", BYTES),
-    Feature("parent_id", BYTES),
-    Feature("tag_count", INT64),
-    Feature("deciding_span", INT64, var_len=True),  # [start, end) of the deciding window
-)
-
-if tuple(feature.name for feature in FEATURES) != Document._fields:
-  raise AssertionError("FEATURES must name every Document field, in order")
+# A Document field's type -> its feature's kind and whether it is a list.
+_FEATURE_OF_TYPE = {
+    str: (BYTES, False),
+    int: (INT64, False),
+    typing.List[float]: (FLOAT, True),  # safety_probs: 6 values once scored, none before
+    typing.List[int]: (INT64, True),  # chunk_scores; deciding_span, [start, end)
+}
+# One feature per Document field, in its order: a field added to Document is written and read.
+FEATURES: typing.Tuple[Feature, ...] = tuple(
+    Feature(name, *_FEATURE_OF_TYPE[field_type])
+    for name, field_type in typing.get_type_hints(Document).items())
 
 
 def _example_file_descriptor() -> descriptor_pb2.FileDescriptorProto:

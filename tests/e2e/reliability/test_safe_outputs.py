@@ -1,7 +1,7 @@
 """Safe outputs: no partial shards under final names, no silent overwrite, a killed run recovers.
 
 The pipeline writes into `{output}/.staging/<run id>/` and moves the files into place when it has
-succeeded (transforms/output_folder.py). Here a real run is killed with SIGKILL while it writes its
+succeeded (beam_pipeline/output_folder.py). Here a real run is killed with SIGKILL while it writes its
 shards, and a second run with --overwrite must give byte for byte what one clean run gives.
 """
 
