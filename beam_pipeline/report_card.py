@@ -105,6 +105,14 @@ def _count_cells(path: str, value: int, largest: int) -> str:
   return f'<td class="num">{_number(path, value)}</td><td class="bar">{_bar(value, largest)}</td>'
 
 
+def _count_rows(rows: typing.Iterable[typing.Tuple[str, str, int]]) -> str:
+  """Table rows of (label HTML, path in report.json, count), bars scaled to the largest."""
+  rows = list(rows)
+  largest = max((value for _, _, value in rows), default=0)
+  return "".join(f"<tr><td>{label}</td>{_count_cells(path, value, largest)}</tr>"
+                 for label, path, value in rows)
+
+
 def _score_stack(by_score: dict) -> str:
   total = sum(by_score.values())
   parts = []
@@ -148,10 +156,8 @@ def _summary_section(report: dict) -> str:
 
 def _branches_section(report: dict) -> str:
   per_branch = report["per_branch"]
-  largest = max(per_branch.values(), default=0)
-  rows = "".join(
-      f"<tr><td>{_escape(BRANCH_TITLES.get(branch, branch))}</td>"
-      f'{_count_cells(f"per_branch/{branch}", per_branch[branch], largest)}</tr>'
+  rows = _count_rows(
+      (_escape(BRANCH_TITLES.get(branch, branch)), f"per_branch/{branch}", per_branch[branch])
       for branch in _ordered(per_branch))
   return ("<h2>Where the documents went</h2>"
           '<table><tr><th>branch</th><th class="num">documents</th><th></th></tr>'
@@ -160,11 +166,9 @@ def _branches_section(report: dict) -> str:
 
 def _scores_section(report: dict) -> str:
   per_score = report["per_score"]
-  largest = max(per_score.values(), default=0)
-  rows = "".join(
-      f'<tr><td><i class="swatch" style="background:{SCORE_COLOURS[int(score)]}"></i>'
-      f"{_escape(score)} {SCORE_MEANINGS[int(score)]}</td>"
-      f'{_count_cells(f"per_score/{score}", n, largest)}</tr>'
+  rows = _count_rows(
+      (f'<i class="swatch" style="background:{SCORE_COLOURS[int(score)]}"></i>'
+       f"{_escape(score)} {SCORE_MEANINGS[int(score)]}", f"per_score/{score}", n)
       for score, n in sorted(per_score.items(), key=lambda item: int(item[0])))
   parts = ["<h2>Safety scores of the originals</h2>",
            '<p class="lead">Every valid document scored 0 (safe) to 5 (highly unsafe) by the '

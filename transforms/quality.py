@@ -164,10 +164,7 @@ class QualityGate:
                checks: typing.Sequence[str] | None = None):
     if kind not in KIND_CHECKS:
       raise ValueError(f"no quality checks for prompt kind {kind!r}")
-    self.kind = kind
-    self.settings = settings
-    self.encoder = encoder
-    self.enabled = enabled
+    self.kind, self.settings, self.encoder, self.enabled = kind, settings, encoder, enabled
     self.checks = tuple(c for c in KIND_CHECKS[kind] if checks is None or c in checks)
 
   def review(self, source: str, text: str, finish_reason: str = "") -> Review:

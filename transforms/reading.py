@@ -8,6 +8,7 @@ record into a Document or, through `transforms.deadletter.rejected`, a dead lett
 from __future__ import annotations
 
 import json
+import typing
 
 import apache_beam as beam
 from apache_beam.io import fileio
@@ -28,6 +29,14 @@ class UnreadableFileError(IOError):
   """An input file of which not one record could be read; the message names the file."""
 
 
+class FieldNames(typing.NamedTuple):
+  """The input fields that hold a Document's text, id, url and source (the `--*_field` flags)."""
+  text: str = "text"
+  id: str = "id"
+  url: str = "url"
+  source: str = "source"
+
+
 def _to_json(value) -> str:
   return json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
 
@@ -41,17 +50,11 @@ class _ReadFileFn(beam.DoFn):
   its unread rest becomes one dead letter (reason unreadable_file) at the position it stopped.
   """
 
-  def __init__(self, text_field, id_field, url_field, source_field, max_chars,
-               unreadable_files=UNREADABLE_FAIL):
+  def __init__(self, fields: FieldNames, max_chars: int, unreadable_files=UNREADABLE_FAIL):
     super().__init__()
     if unreadable_files not in (UNREADABLE_FAIL, UNREADABLE_DEAD_LETTER):
       raise ValueError(f"unreadable_files must be fail or dead_letter, got {unreadable_files!r}")
-    self._text_field = text_field
-    self._id_field = id_field
-    self._url_field = url_field
-    self._source_field = source_field
-    self._max_chars = max_chars
-    self._unreadable_files = unreadable_files
+    self._fields, self._max_chars, self._unreadable_files = fields, max_chars, unreadable_files
 
   def process(self, readable_file):
     path = readable_file.metadata.path
@@ -97,7 +100,7 @@ class _ReadFileFn(beam.DoFn):
   def _records(self, path, name_format):
     with open_bytes(path) as handle:
       yield from RECORD_READERS[name_format](
-          handle, (self._text_field, self._id_field, self._url_field))
+          handle, (self._fields.text, self._fields.id, self._fields.url))
 
   def _output(self, record: RawRecord, basename: str, name_format: str):
     position_id = f"{basename}:{record.position}"
@@ -106,18 +109,19 @@ class _ReadFileFn(beam.DoFn):
           STAGE_READ, Unparsed(position_id, basename, record.payload), record.reason,
           record.detail)
     fields = dict(record.fields)
-    text = fields.pop(self._text_field, None)
-    record_id = fields.pop(self._id_field, None)
-    url = fields.pop(self._url_field, None)
-    source = fields.get(self._source_field)
+    names = self._fields
+    text = fields.pop(names.text, None)
+    record_id = fields.pop(names.id, None)
+    url = fields.pop(names.url, None)
+    source = fields.get(names.source)
     if isinstance(source, str):
-      del fields[self._source_field]
+      del fields[names.source]
     else:
       source = basename
     payload = record.payload if record.payload is not None else _to_json(record.fields)
     try:
-      record_id = field_value(self._id_field, record_id, (str, int), position_id)
-      url = field_value(self._url_field, url, (str,), "")
+      record_id = field_value(names.id, record_id, (str, int), position_id)
+      url = field_value(names.url, url, (str,), "")
       if text is None:
         raise Reject("missing_text", fields=sorted(str(name) for name in record.fields))
       check_text(text, self._max_chars)
@@ -158,7 +162,7 @@ class ReadDocuments(beam.PTransform):
     super().__init__()
     self._input_pattern = input_pattern
     self._read_file = _ReadFileFn(
-        text_field, id_field, url_field, source_field, max_chars, unreadable_files)
+        FieldNames(text_field, id_field, url_field, source_field), max_chars, unreadable_files)
 
   def expand(self, pbegin):
     files = (
