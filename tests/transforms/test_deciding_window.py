@@ -13,8 +13,7 @@ from models.classifier.export import ensure_exported
 from models.classifier.handler import OnnxSafetyModelHandler
 from models.generators.prompts import (
     KIND_REFUSEWEB, MAX_DOCUMENT_CHARS, QUOTE_BEGIN, QUOTE_END, excerpt)
-from corpus.records import DOCUMENTS
-from corpus.records import Document
+from corpus.records import DOCUMENTS, Document
 from transforms.dialogue import assistant_turns
 from transforms.generation import _BuildPrompt
 from transforms.scoring import ScoreSafety

@@ -13,11 +13,12 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from corpus.records import DOCUMENTS, STAGE_DEDUPLICATE, STAGE_READ, STAGE_VALIDATE, DeadLetter, Document
+from corpus.records import (
+    DEAD_LETTER, DOCUMENTS, METRICS_NAMESPACE, STAGE_DEDUPLICATE, STAGE_READ, STAGE_VALIDATE,
+    DeadLetter, Document)
 from transforms.formats import FORMAT_JSONL, FORMAT_PARQUET, FORMAT_WET, file_format
 from transforms.reading import ReadDocuments
 from transforms.validation import ValidateDocuments
-from corpus.records import DEAD_LETTER, METRICS_NAMESPACE
 
 RECORDS = [
     {"id": "a", "text": "First document.", "url": "https://example.com/a", "lang": "en"},

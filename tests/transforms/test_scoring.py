@@ -7,8 +7,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from models.classifier.chunking import Windower
 from models.classifier.export import ensure_exported
 from models.classifier.handler import OnnxSafetyModelHandler
-from corpus.records import DEAD_LETTER
-from corpus.records import Document
+from corpus.records import DEAD_LETTER, Document
 from transforms.scoring import ScoreSafety
 
 

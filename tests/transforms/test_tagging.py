@@ -7,8 +7,7 @@ import apache_beam as beam
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
 
-from corpus.records import Document
-from corpus.records import HARMFULNESS_TAG
+from corpus.records import HARMFULNESS_TAG, Document
 from transforms.tagging import HarmfulnessTag, insert_tags
 
 

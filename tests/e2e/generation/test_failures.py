@@ -13,9 +13,9 @@ from apache_beam.testing.util import assert_that
 from models.generators.backend import EMPTY_GENERATION, HTTP_ERROR, MALFORMED_RESPONSE, TIMEOUT
 from models.generators.openai_endpoint import OpenAIEndpointHandler
 from tests.e2e.generation import servers
-from corpus.records import DEAD_LETTER, DOCUMENTS, METRICS_NAMESPACE
-from corpus.records import Document
-from transforms.generation import NOT_A_DIALOGUE, REPLY_REJECTIONS, MoralEducation, RefuseWeb, Rephrase
+from corpus.records import DEAD_LETTER, DOCUMENTS, METRICS_NAMESPACE, Document
+from transforms.generation import (
+    NOT_A_DIALOGUE, REPLY_REJECTIONS, MoralEducation, RefuseWeb, Rephrase)
 
 pytestmark = pytest.mark.slow
 MAX_ATTEMPTS = 3

@@ -25,8 +25,7 @@ from models.generators.backend import (
 from models.generators.prompts import KIND_REFUSEWEB, build_prompt
 from models.generators.vllm_backend import VllmGeneratorHandler
 from tests.e2e.generation import servers
-from corpus.records import DEAD_LETTER, DOCUMENTS
-from corpus.records import Document
+from corpus.records import DEAD_LETTER, DOCUMENTS, Document
 from transforms.generation import REPLY_REJECTIONS, Rephrase
 
 pytestmark = pytest.mark.slow

@@ -19,8 +19,7 @@ from models.classifier.batched import BatchedScorer, length_buckets, load_merged
 from models.classifier.export import ensure_exported
 from models.classifier.handler import make_session, run_windows
 from models.classifier.torch_handler import TorchSafetyModelHandler, window_tokens
-from corpus.records import DOCUMENTS
-from corpus.records import Document
+from corpus.records import DOCUMENTS, Document
 from transforms.scoring import ScoreSafety
 
 pytestmark = pytest.mark.slow
