@@ -31,7 +31,7 @@ import tempfile
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from models.classifier.folder import FP32_NAME, INT8_NAME, TOKENIZER_NAME
+from models.classifier.folder import INT8_NAME, TOKENIZER_NAME
 
 LOG = logging.getLogger("models.classifier.artifacts")
 # The model folder a machine (the template image) holds, read when no --classifier_model is given.
