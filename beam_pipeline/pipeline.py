@@ -20,7 +20,7 @@ import importlib
 import apache_beam as beam
 
 from beam_pipeline import report as run_report
-from beam_pipeline.options import SafetyPretrainingOptions
+from beam_pipeline.options import QUALITY_HELP, SafetyPretrainingOptions
 from beam_pipeline.output_folder import CommitOutput, new_run_id, staging_path
 from beam_pipeline.report import Tallies
 from corpus.records import (BRANCHES, DEAD_LETTER, DOCUMENTS, GENERATED_BRANCHES,
@@ -28,12 +28,18 @@ from corpus.records import (BRANCHES, DEAD_LETTER, DOCUMENTS, GENERATED_BRANCHES
                             STAGE_ANNOTATE, STAGE_VALIDATE, TAGGED, Document)
 from models.classifier import artifacts
 from models.classifier.handler import OnnxSafetyModelHandler
+from transforms.annotate import Annotate
+from transforms.dialogue import assistant_turns
 from transforms.gate import SafetyGate
+from transforms.generation import REVIEWS, MoralEducation, RefuseWeb, Rephrase
 from transforms.progress import LogProgress
+from transforms.quality import QualityGate, TextEncoder
+from transforms.quality_checks import CHECKS, QualitySettings
+from transforms.quality_samples import WriteQualitySamples
 from transforms.reading import ReadDocuments
 from transforms.routing import REFUSE, REPHRASE, TO_TAG, Bands, Route
 from transforms.scoring import ScoreSafety, document_text
-from transforms.sinks import WriteDeadLetters, WriteDocuments
+from transforms.sinks import WriteDeadLetters, WriteDocuments, WriteJsonLines
 from transforms.tagging import HarmfulnessTag, StripTags
 
 # --generator -> (module, class) of its backend, imported only when chosen; each backend builds
@@ -99,8 +105,6 @@ def generation_hints(options: SafetyPretrainingOptions) -> dict[str, str]:
 def quality_settings(options: SafetyPretrainingOptions):
   """The quality gate's thresholds from the `--quality_*` options (one per QualitySettings field
   but the generation budget, which is --max_new_tokens)."""
-  from beam_pipeline.options import QUALITY_HELP
-  from transforms.quality_checks import QualitySettings
   return QualitySettings(max_new_tokens=options.max_new_tokens, **{
       field: getattr(options, f"quality_{field}") for field in QUALITY_HELP})
 
@@ -108,8 +112,6 @@ def quality_settings(options: SafetyPretrainingOptions):
 def quality_gate(kind: str, options: SafetyPretrainingOptions):
   """The quality gate of one generation kind, from the options; its off_topic check embeds
   with the same classifier graph that scores (`--classifier_model`)."""
-  from transforms.quality import QualityGate, TextEncoder
-  from transforms.quality_checks import CHECKS
   checks = None if options.quality_checks == "all" else [
       name.strip() for name in options.quality_checks.split(",") if name.strip()]
   unknown = sorted(set(checks or ()) - set(CHECKS))
@@ -144,8 +146,6 @@ def build_annotate(pipeline: beam.Pipeline, options: SafetyPretrainingOptions, s
   """`--mode=annotate`: read, label with the LLM judge, write labels/ and dead_letter/.
 
   Returns (written file paths, tallies)."""
-  from transforms.annotate import Annotate
-  from transforms.sinks import WriteJsonLines
   documents = read_documents(pipeline, options)
   generator = generator_handler(options)
   labelled = documents[DOCUMENTS] | "Annotate" >> with_generation_hints(
@@ -231,9 +231,6 @@ def build_curate(pipeline: beam.Pipeline, options: SafetyPretrainingOptions, sta
   dead_letters.append(tagged[DEAD_LETTER])
 
   if options.generation == "on":
-    from transforms.dialogue import assistant_turns
-    from transforms.generation import REVIEWS, MoralEducation, RefuseWeb, Rephrase
-    from transforms.quality_samples import WriteQualitySamples
     generator = generator_handler(options)
 
     def generate_and_gate(name, branch, transform, inputs, text_of=document_text):
