@@ -264,7 +264,7 @@ def main(argv=None):
   if args.llama_cpp:
     import tempfile
     from models.generators.local import default_model_path
-    from tests.generation.servers import MODEL_ALIAS, LlamaServer
+    from tests.e2e.generation.servers import MODEL_ALIAS, LlamaServer
     log = os.path.join(tempfile.mkdtemp(prefix="llama-"), "server.log")
     with LlamaServer(default_model_path(), log) as server:
       print(f"llama.cpp server at {server.base_url} (log {log})", file=sys.stderr)

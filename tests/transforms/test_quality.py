@@ -285,7 +285,7 @@ def test_an_article_in_first_and_second_person_fails_moral_education_shape():
 
 class _Scripted:
   """A backend that answers each attempt with the next scripted reply (the real backends are
-  tested in tests/generation; this is the retry loop's contract with the gate)."""
+  tested in tests/e2e/generation; this is the retry loop's contract with the gate)."""
 
   def __init__(self, replies):
     self._replies = list(replies)

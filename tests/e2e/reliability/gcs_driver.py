@@ -1,6 +1,6 @@
 """The Cloud Storage run of test_cloud_storage.py; runs inside a private network namespace.
 
-    unshare -n sh -c 'ip link set lo up && python -m tests.reliability.gcs_driver WORKDIR'
+    unshare -n sh -c 'ip link set lo up && python -m tests.e2e.reliability.gcs_driver WORKDIR'
 
 Starts, on 127.0.0.1 only, a Cloud Storage emulator that speaks the JSON API (the PyPI package
 gcp-storage-emulator) and a stand-in for the GCE metadata server, so Beam's GCS filesystem finds
@@ -34,7 +34,7 @@ import sys
 import threading
 import time
 
-from tests.reliability.conftest import output_tree
+from tests.e2e.reliability.conftest import output_tree
 
 BUCKET = "safety-pretraining-test"
 PROJECT = "emulated-project"

@@ -1,6 +1,6 @@
 """The Flex Template launch of test_template_launch.py; runs inside a private network namespace.
 
-    unshare -n sh -c 'ip link set lo up && python -m tests.reliability.template_driver WORKDIR'
+    unshare -n sh -c 'ip link set lo up && python -m tests.e2e.reliability.template_driver WORKDIR'
 
 Starts the Cloud Storage emulator and the metadata stand-in of gcs_driver.py on 127.0.0.1, then
 runs `python -m beam_pipeline.run` exactly as the Flex Template launcher does: DataflowRunner
@@ -16,7 +16,7 @@ import os
 import subprocess
 import sys
 
-from tests.reliability.gcs_driver import BUCKET, PROJECT, _start_services
+from tests.e2e.reliability.gcs_driver import BUCKET, PROJECT, _start_services
 
 
 def main(workdir: str) -> None:

@@ -49,7 +49,7 @@ def test_gs_paths_through_beam_filesystems_and_google_cloud_storage(tmp_path):
     pytest.skip(message)
   _write_input(tmp_path / "in")
   (tmp_path / "tmp").mkdir()  # the worker's copy of the gs:// classifier lands here, and only here
-  driver_command = f'exec "{sys.executable}" -m tests.reliability.gcs_driver "{tmp_path}"'
+  driver_command = f'exec "{sys.executable}" -m tests.e2e.reliability.gcs_driver "{tmp_path}"'
   driver = subprocess.run(
       ["unshare", "-n", "sh", "-c", f"ip link set lo up && {driver_command}"], cwd=REPO, env=subprocess_env(TMPDIR=str(tmp_path / "tmp")), capture_output=True,
       text=True, timeout=600, check=False)

@@ -27,7 +27,7 @@ def test_template_launch_exits_0_and_its_graph_commits_itself(tmp_path):
     pytest.fail("gcp-storage-emulator is needed: `make setup` installs the dev extras")
   (tmp_path / "in").mkdir()
   shutil.copy(SAMPLE_INPUT, tmp_path / "in" / "sample.jsonl")
-  driver_command = f'exec "{sys.executable}" -m tests.reliability.template_driver "{tmp_path}"'
+  driver_command = f'exec "{sys.executable}" -m tests.e2e.reliability.template_driver "{tmp_path}"'
   driver = subprocess.run(
       ["unshare", "-n", "sh", "-c", f"ip link set lo up && {driver_command}"], cwd=REPO,
       env=subprocess_env(), capture_output=True, text=True, timeout=600, check=False)
