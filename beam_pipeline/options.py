@@ -11,7 +11,12 @@ import os
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from beam_pipeline.output_folder import DEFAULT_STALE_STAGING_S
+from beam_pipeline.report import DEFAULT_MAX_FAILURE_FRACTION, DEFAULT_TOP_SOURCES
+from models.classifier.chunking import DEFAULT_OVERLAP, DEFAULT_WINDOW
 from transforms.quality_checks import CHECKS, TRUNCATION_MODES, QualitySettings
+from transforms.sinks import DEFAULT_MAX_SHARD_BYTES, DEFAULT_MAX_SHARD_RECORDS
+from transforms.validation import DEFAULT_MAX_CHARS
 
 SAMPLE_INPUT = os.path.join(os.path.dirname(__file__), "sample", "documents.jsonl")
 # --quality_<field> of each QualitySettings field but the generation budget (--max_new_tokens).
@@ -65,15 +70,16 @@ FLAG_GROUPS = (
          "input field holding the id; a record without one gets <file name>:<position>"),
         ("url_field", str, "url", "input field holding the URL"),
         ("source_field", str, "source", "input field naming the source (default: the file name)"),
-        ("max_chars", int, 1_000_000, "longer texts go to dead letter (reason text_too_long)"),
+        ("max_chars", int, DEFAULT_MAX_CHARS,
+         "longer texts go to dead letter (reason text_too_long)"),
         ("num_shards", int, 4,
          "TFRecord shards per output; records are assigned by a hash of their id so the files "
          "are identical on every runner. 0: sized from the data, so that no shard holds more "
          "than --max_shard_records records or --max_shard_mb MB (a shard is sorted in one "
          "worker's memory; use 0 at scale)"),
-        ("max_shard_records", int, 50_000,
+        ("max_shard_records", int, DEFAULT_MAX_SHARD_RECORDS,
          "with --num_shards=0: most records a shard holds, on average"),
-        ("max_shard_mb", float, 256.0,
+        ("max_shard_mb", float, DEFAULT_MAX_SHARD_BYTES / 1024 / 1024,
          "with --num_shards=0: most MB (serialized, before gzip) a shard holds, on average"),
         ("overwrite", "store_true", False,
          "replace the output of an earlier run in --output (without it such a run is refused); "
@@ -81,16 +87,16 @@ FLAG_GROUPS = (
         ("run_id", str, None,
          "name of this run's staging folder <output>/.staging/<run id> (default: a new random "
          "one per launch)"),
-        ("stale_staging_hours", float, 168.0,
+        ("stale_staging_hours", float, DEFAULT_STALE_STAGING_S / 3600,
          "a commit removes another run's staging folder only once nothing in it has changed for "
          "this long: until then that run may still be writing (default: %(default)s, a week)"),
-        ("max_failure_fraction", float, 0.5,
+        ("max_failure_fraction", float, DEFAULT_MAX_FAILURE_FRACTION,
          "the run fails (report check, exit status 1) when a generation branch loses more than "
          "this fraction of its requests to failures (timeouts, HTTP and connection errors, "
          "malformed responses, failed batches) or the read stage dead-letters more than this "
          "fraction of the records; texts rejected for their content never count (default: "
          "%(default)s)"),
-        ("report_sources", int, 20,
+        ("report_sources", int, DEFAULT_TOP_SOURCES,
          "sources named in the report's score distribution: the largest by document count; the "
          "rest are summed as `other` (default: %(default)s)"),
         ("unreadable_files", ["fail", "dead_letter"], "fail",
@@ -120,9 +126,9 @@ FLAG_GROUPS = (
          "with --classifier_device=cuda: padded tokens per forward pass, and about the tokens of "
          "a RunInference batch"),
         ("classifier_threads", int, 0, "ONNX Runtime threads per worker (0: one per core)"),
-        ("window", int, 256,
+        ("window", int, DEFAULT_WINDOW,
          "classifier window in tokens; long documents are scored per window and take the maximum"),
-        ("overlap", int, 32, "tokens shared by consecutive windows"),
+        ("overlap", int, DEFAULT_OVERLAP, "tokens shared by consecutive windows"),
     )),
     ("routing, gate and tags", (
         ("rephrase_min_score", int, 1, "lowest score rephrased into SafeWeb"),
