@@ -20,7 +20,7 @@ WHEELS := $(CACHE_DIR)/wheels
 LLAMA_STAMP := $(LLAMA_VENV)/.installed-$(LLAMA_CPP_VERSION)
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 
-# Debian's Chromium, for the report card's headless-browser test (tests/reliability), and the
+# Debian's Chromium, for the report card's headless-browser test (tests/e2e/reliability), and the
 # tools that give test servers a private network namespace (unshare, ip). Installed once per
 # machine by apt (root), which keeps them; Chromium pinned, falling back to Debian's current
 # build when the security archive no longer serves the pinned one.

@@ -65,7 +65,8 @@ setuptools.setup(
     version="0.1.0",
     description="Safety Pretraining data pipeline (score, rephrase, refuse, tag) on Apache Beam",
     python_requires=">=3.10",
-    packages=setuptools.find_packages(include=["beam_pipeline*", "transforms*", "models*"]),
+    packages=setuptools.find_packages(
+        include=["beam_pipeline*", "corpus*", "transforms*", "models*"]),
     package_data={
         "beam_pipeline": ["sample/*.jsonl"],
         "models.classifier": ["weights/*"],

@@ -15,24 +15,40 @@ runner, also when nothing waits for it (a template launch).
 
 from __future__ import annotations
 
-import os
+import importlib
 
 import apache_beam as beam
 
-from beam_pipeline.options import SafetyPretrainingOptions
+from beam_pipeline import report as run_report
+from beam_pipeline.options import QUALITY_HELP, SafetyPretrainingOptions
+from beam_pipeline.output_folder import CommitOutput, new_run_id, staging_path
+from beam_pipeline.report import Tallies
+from corpus.records import (BRANCHES, DEAD_LETTER, DOCUMENTS, GENERATED_BRANCHES,
+                            GENERATION_STAGES, MORAL_EDUCATION, RAW, REFUSEWEB, SAFEWEB,
+                            STAGE_ANNOTATE, STAGE_VALIDATE, TAGGED, Document)
 from models.classifier import artifacts
 from models.classifier.handler import OnnxSafetyModelHandler
-from transforms.deadletter import DEAD_LETTER
-from transforms.documents import DOCUMENTS, STAGE_VALIDATE, Document, ReadDocuments
+from transforms.annotate import Annotate
+from transforms.dialogue import assistant_turns
 from transforms.gate import SafetyGate
+from transforms.generation import REVIEWS, MoralEducation, RefuseWeb, Rephrase
 from transforms.progress import LogProgress
-from transforms import report as run_report
-from transforms.output_folder import CommitOutput, new_run_id, staging_path
-from transforms.records import WriteDeadLetters, WriteDocuments
-from transforms.report import BRANCHES, GENERATION_STAGES, Tallies
-from transforms.routing import RAW, REFUSE, REPHRASE, TO_TAG, Bands, Route
+from transforms.quality import QualityGate, TextEncoder
+from transforms.quality_checks import CHECKS, QualitySettings
+from transforms.quality_samples import WriteQualitySamples
+from transforms.reading import ReadDocuments
+from transforms.routing import REFUSE, REPHRASE, TO_TAG, Bands, Route
 from transforms.scoring import ScoreSafety, document_text
+from transforms.sinks import WriteDeadLetters, WriteDocuments, WriteJsonLines
 from transforms.tagging import HarmfulnessTag, StripTags
+
+# --generator -> (module, class) of its backend, imported only when chosen; each backend builds
+# itself from the options (`from_options`, models/generators/backend.py's ChatBackend).
+GENERATORS = {
+    "local": ("models.generators.local", "LocalGeneratorHandler"),
+    "vllm": ("models.generators.vllm_backend", "VllmGeneratorHandler"),
+    "openai": ("models.generators.openai_endpoint", "OpenAIEndpointHandler"),
+}
 
 
 def classifier_handler(options: SafetyPretrainingOptions, pipeline: beam.Pipeline):
@@ -60,33 +76,9 @@ def classifier_handler(options: SafetyPretrainingOptions, pipeline: beam.Pipelin
 
 
 def generator_handler(options: SafetyPretrainingOptions):
-  """The generation backend chosen by `--generator`; each is imported only when chosen."""
-  if options.generator == "openai":
-    from models.generators.openai_endpoint import OpenAIEndpointHandler
-    return OpenAIEndpointHandler(
-        base_url=options.openai_base_url, model=options.openai_model,
-        api_key_env=options.openai_api_key_env, max_in_flight=options.max_in_flight,
-        timeout_s=options.request_timeout_s, max_new_tokens=options.max_new_tokens,
-        temperature=options.temperature, top_p=options.top_p,
-        retry_temperature=options.retry_temperature, prefill=options.openai_prefill)
-  if options.generator == "vllm":
-    from models.generators.vllm_backend import VllmGeneratorHandler, parse_server_args
-    return VllmGeneratorHandler(
-        options.vllm_model, max_new_tokens=options.max_new_tokens,
-        temperature=options.temperature, top_p=options.top_p,
-        retry_temperature=options.retry_temperature,
-        repetition_penalty=options.repetition_penalty, timeout_s=options.request_timeout_s,
-        server_kwargs=parse_server_args(options.vllm_server_arg),
-        chat_template_path=options.vllm_chat_template,
-        batch_size=options.generation_batch_size)
-  from models.generators.local import LocalGeneratorHandler
-  return LocalGeneratorHandler(
-      model_path=options.generator_model, cache_dir=options.generator_cache,
-      max_new_tokens=options.max_new_tokens, temperature=options.temperature,
-      top_p=options.top_p, repetition_penalty=options.repetition_penalty,
-      batch_size=options.generation_batch_size,
-      torch_threads=options.generator_threads or None, device=options.generator_device,
-      retry_temperature=options.retry_temperature)
+  """The generation backend chosen by `--generator` (GENERATORS), built from the options."""
+  module, name = GENERATORS[options.generator]
+  return getattr(importlib.import_module(module), name).from_options(options)
 
 
 def generation_hints(options: SafetyPretrainingOptions) -> dict[str, str]:
@@ -111,24 +103,15 @@ def generation_hints(options: SafetyPretrainingOptions) -> dict[str, str]:
 
 
 def quality_settings(options: SafetyPretrainingOptions):
-  """The quality gate's thresholds from the `--quality_*` options."""
-  from transforms.quality import QualitySettings
-  return QualitySettings(
-      max_meta_sentences=options.quality_max_meta_sentences,
-      max_refusals=options.quality_max_refusals, truncation=options.quality_truncation,
-      max_repeated_ngrams=options.quality_max_repeated_ngrams,
-      min_length_ratio=options.quality_min_length_ratio, min_words=options.quality_min_words,
-      min_topic_similarity=options.quality_min_topic_similarity,
-      refusal_parts=options.quality_refusal_parts,
-      moral_min_words=options.quality_moral_min_words,
-      max_personal_share=options.quality_max_personal_share,
-      max_new_tokens=options.max_new_tokens)
+  """The quality gate's thresholds from the `--quality_*` options (one per QualitySettings field
+  but the generation budget, which is --max_new_tokens)."""
+  return QualitySettings(max_new_tokens=options.max_new_tokens, **{
+      field: getattr(options, f"quality_{field}") for field in QUALITY_HELP})
 
 
 def quality_gate(kind: str, options: SafetyPretrainingOptions):
   """The quality gate of one generation kind, from the options; its off_topic check embeds
   with the same classifier graph that scores (`--classifier_model`)."""
-  from transforms.quality import CHECKS, QualityGate, TextEncoder
   checks = None if options.quality_checks == "all" else [
       name.strip() for name in options.quality_checks.split(",") if name.strip()]
   unknown = sorted(set(checks or ()) - set(CHECKS))
@@ -140,38 +123,33 @@ def quality_gate(kind: str, options: SafetyPretrainingOptions):
       enabled=options.quality == "on", checks=checks)
 
 
-def generation_step(transform_class, options: SafetyPretrainingOptions, generator):
-  """A generation transform with the options' retries, quality gate and resource hints."""
-  transform = transform_class(
-      generator, options.seed, max_attempts=options.max_attempts,
-      backoff_s=options.retry_backoff_s, max_backoff_s=options.max_backoff_s,
-      quality=quality_gate(transform_class.kind, options))
+def with_generation_hints(transform: beam.PTransform, options: SafetyPretrainingOptions):
+  """`transform` with the generation steps' resource hints, the one place they are applied."""
   hints = generation_hints(options)
   return transform.with_resource_hints(**hints) if hints else transform
 
 
-def judge_name(options: SafetyPretrainingOptions) -> str:
-  """The judge recorded in each label: the backend and its model."""
-  if options.generator == "openai":
-    return f"openai:{options.openai_model}"
-  if options.generator == "vllm":
-    return f"vllm:{options.vllm_model}"
-  return f"local:{os.path.basename(options.generator_model or 'SmolLM2-135M-Instruct')}"
+def retry_settings(options: SafetyPretrainingOptions) -> dict:
+  """The retry bounds of every generation step (the curate branches' and the judge's)."""
+  return {"max_attempts": options.max_attempts, "backoff_s": options.retry_backoff_s,
+          "max_backoff_s": options.max_backoff_s}
+
+
+def generation_step(transform_class, options: SafetyPretrainingOptions, generator):
+  """A generation transform with the options' retries, quality gate and resource hints."""
+  return with_generation_hints(transform_class(
+      generator, options.seed, quality=quality_gate(transform_class.kind, options),
+      **retry_settings(options)), options)
 
 
 def build_annotate(pipeline: beam.Pipeline, options: SafetyPretrainingOptions, staging: str):
   """`--mode=annotate`: read, label with the LLM judge, write labels/ and dead_letter/.
 
   Returns (written file paths, tallies)."""
-  from transforms.annotate import Annotate, label_tallies
-  from transforms.records import WriteJsonLines
   documents = read_documents(pipeline, options)
-  judge = Annotate(
-      generator_handler(options), judge_name(options), max_attempts=options.max_attempts,
-      backoff_s=options.retry_backoff_s, max_backoff_s=options.max_backoff_s)
-  hints = generation_hints(options)
-  labelled = documents[DOCUMENTS] | "Annotate" >> (
-      judge.with_resource_hints(**hints) if hints else judge)
+  generator = generator_handler(options)
+  labelled = documents[DOCUMENTS] | "Annotate" >> with_generation_hints(
+      Annotate(generator, generator.judge_name, **retry_settings(options)), options)
   dead_letters = ((documents[DEAD_LETTER], labelled[DEAD_LETTER])
                   | "AllDeadLetters" >> beam.Flatten())
   written = [
@@ -181,8 +159,9 @@ def build_annotate(pipeline: beam.Pipeline, options: SafetyPretrainingOptions, s
           staging, options.num_shards, **shard_bounds(options))]
   tallies = [
       documents[DOCUMENTS] | "TallyRead" >> Tallies(run_report.read_tallies),
-      documents[DOCUMENTS] | "TallyRequests" >> Tallies(run_report.request_tallies, "annotate"),
-      labelled[DOCUMENTS] | "TallyLabels" >> Tallies(label_tallies),
+      documents[DOCUMENTS] | "TallyRequests" >> Tallies(
+          run_report.request_tallies, STAGE_ANNOTATE),
+      labelled[DOCUMENTS] | "TallyLabels" >> Tallies(run_report.label_tallies),
       dead_letters | "TallyDeadLetters" >> Tallies(run_report.dead_letter_tallies)]
   return written, tallies
 
@@ -204,19 +183,15 @@ def build(pipeline: beam.Pipeline, options: SafetyPretrainingOptions) -> str:
   """Adds the whole method to `pipeline`, reading and writing where the options say, through
   to CommitOutput; returns the run's staging folder (what a failed launch may remove)."""
   staging = staging_path(options.output, options.run_id or new_run_id())
-  if options.mode == "annotate":
-    from transforms.annotate import build_annotate_report
-    written, tallies = build_annotate(pipeline, options, staging)
-    make_report = build_annotate_report
-  else:
-    written, tallies = build_curate(pipeline, options, staging)
-    make_report = run_report.build_report
+  build_mode = build_annotate if options.mode == run_report.ANNOTATE else build_curate
+  written, tallies = build_mode(pipeline, options, staging)
   written_files = written | "AllWrittenFiles" >> beam.Flatten()
   report = (
       tallies
       | "AllTallies" >> beam.Flatten()
       | "RunStatistics" >> run_report.RunStatistics(options.report_sources)
-      | "BuildReport" >> beam.Map(make_report, options.max_failure_fraction))
+      | "BuildReport" >> beam.Map(
+          run_report.build_report, options.max_failure_fraction, options.mode))
   _ = report | "CommitOutput" >> CommitOutput(
       options.output, staging, written_files, options.overwrite, run_report.write_report_files,
       stale_staging_s=options.stale_staging_hours * 3600)
@@ -249,23 +224,21 @@ def build_curate(pipeline: beam.Pipeline, options: SafetyPretrainingOptions, sta
       | "Progress" >> LogProgress("scored", options.progress_interval_s)
       | "Route" >> Route(bands))
 
-  outputs = {"raw": routed[RAW]}
+  outputs = {RAW: routed[RAW]}
   tagged = routed[TO_TAG] | "Tag" >> HarmfulnessTag(
       options.tag_rate, options.tag_min_score, options.seed)
-  outputs["tagged"] = tagged[DOCUMENTS]
+  outputs[TAGGED] = tagged[DOCUMENTS]
   dead_letters.append(tagged[DEAD_LETTER])
 
   if options.generation == "on":
-    from transforms.generation import (
-        REVIEWS, MoralEducation, RefuseWeb, Rephrase, assistant_turns)
-    from transforms.quality import WriteQualitySamples, review_tallies
     generator = generator_handler(options)
 
     def generate_and_gate(name, branch, transform, inputs, text_of=document_text):
       tallies.append(inputs | f"TallyRequests{name}" >> Tallies(
           run_report.request_tallies, GENERATION_STAGES[branch]))
       generated = inputs | name >> transform
-      tallies.append(generated[REVIEWS] | f"TallyQuality{name}" >> Tallies(review_tallies))
+      tallies.append(generated[REVIEWS] | f"TallyQuality{name}" >> Tallies(
+          run_report.review_tallies))
       written.append(generated[REVIEWS] | f"QualitySamples{name}" >> WriteQualitySamples(
           staging))
       tallies.append(generated[DOCUMENTS] | f"TallyStripped{name}" >> Tallies(
@@ -277,16 +250,16 @@ def build_curate(pipeline: beam.Pipeline, options: SafetyPretrainingOptions, sta
       dead_letters.extend([generated[DEAD_LETTER], stripped[DEAD_LETTER], gated[DEAD_LETTER]])
       return gated[DOCUMENTS]
 
-    outputs["safeweb"] = generate_and_gate(
-        "Rephrase", "safeweb", generation_step(Rephrase, options, generator), routed[REPHRASE])
-    outputs["refuseweb"] = generate_and_gate(
-        "RefuseWeb", "refuseweb", generation_step(RefuseWeb, options, generator),
+    outputs[SAFEWEB] = generate_and_gate(
+        "Rephrase", SAFEWEB, generation_step(Rephrase, options, generator), routed[REPHRASE])
+    outputs[REFUSEWEB] = generate_and_gate(
+        "RefuseWeb", REFUSEWEB, generation_step(RefuseWeb, options, generator),
         routed[REFUSE], text_of=assistant_turns)
-    outputs["moral_education"] = generate_and_gate(
-        "MoralEducation", "moral_education", generation_step(MoralEducation, options, generator),
-        outputs["refuseweb"])
+    outputs[MORAL_EDUCATION] = generate_and_gate(
+        "MoralEducation", MORAL_EDUCATION, generation_step(MoralEducation, options, generator),
+        outputs[REFUSEWEB])
   else:
-    for branch in ("safeweb", "refuseweb", "moral_education"):
+    for branch in GENERATED_BRANCHES:
       outputs[branch] = pipeline | f"No{branch}" >> beam.Create([]).with_output_types(Document)
 
   for branch in BRANCHES:

@@ -17,13 +17,13 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions
 
 from beam_pipeline import launch
 from beam_pipeline import pipeline as graph
+from beam_pipeline import report as run_report
 from beam_pipeline.options import SafetyPretrainingOptions
-from transforms import report as run_report
-from transforms.output_folder import OutputExistsError, check_output, remove_staging
+from beam_pipeline.output_folder import OutputExistsError, check_output, remove_staging
+from beam_pipeline.report_card import REPORT_CARD
 from transforms.progress import LOGGER_NAME as PROGRESS_LOGGER
-from transforms.report_card import REPORT_CARD
 
-# How an input file that cannot be read at all (transforms.documents.UnreadableFileError) reads in
+# How an input file that cannot be read at all (transforms.reading.UnreadableFileError) reads in
 # the runner's error, which wraps it in tracebacks and the step's name.
 _UNREADABLE_FILE = re.compile(r"cannot read input file .*?(?=\s*\[while running|\n|$)")
 # How a worker without a classifier model (models.classifier.artifacts.NoClassifierModel) reads
@@ -44,7 +44,7 @@ def run(argv=None, save_main_session: bool = False) -> dict | None:
   returns before the job runs (a template is created; the job commits its own output).
 
   The graph writes into a staging folder inside --output and its last stage, CommitOutput, moves
-  the files into place and writes report.json and report.html (transforms.output_folder).
+  the files into place and writes report.json and report.html (beam_pipeline/output_folder.py).
   Raises OutputExistsError for an --output that holds an earlier run's output unless --overwrite
   is given (checked here at launch, and again by CommitOutput).
   """
@@ -68,13 +68,9 @@ def run(argv=None, save_main_session: bool = False) -> dict | None:
     remove_staging(safety.output, staging)
     raise
   report = run_report.read_report(safety.output)
-  if safety.mode == "annotate":
-    from transforms.annotate import annotate_summary
-    print(annotate_summary(report))
-  else:
-    print(run_report.summary(report))
+  print(run_report.summary(report))
   print(f"report: {FileSystems.join(safety.output, 'report.json')}")
-  if "per_branch" in report:
+  if run_report.has_report_card(report):
     print(f"report card: {FileSystems.join(safety.output, REPORT_CARD)}")
   return report
 

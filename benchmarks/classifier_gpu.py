@@ -102,7 +102,7 @@ def _timed(fn, passes: int):
 
 def gpu_report(args, device: str = "cuda") -> dict:
   """The report; `device` is "cuda" except in the CPU test of this code
-  (tests/test_batched_scoring.py), where the figures mean nothing."""
+  (tests/models/classifier/test_batched.py), where the figures mean nothing."""
   import torch
   from models.classifier.batched import BatchedScorer, load_merged
   from models.classifier.chunking import TOKENIZE_BATCH, Windower

@@ -44,10 +44,11 @@ from beam_pipeline.options import SafetyPretrainingOptions  # noqa: E402
 from models.generators.backend import RetryingGenerator  # noqa: E402
 from models.generators.prompts import (KIND_MORAL_EDUCATION, KIND_REFUSEWEB,  # noqa: E402
                                        KIND_REPHRASE, build_prompt, pick_style)
-from transforms import quality  # noqa: E402
-from transforms.documents import Document  # noqa: E402
-from transforms.generation import (assistant_turns, check_reply, parse_dialogue,  # noqa: E402
-                                   pick_speakers, render_dialogue, _without_quote_markers)
+from corpus.records import Document  # noqa: E402
+from transforms import quality_checks as quality  # noqa: E402
+from transforms.dialogue import (assistant_turns, parse_dialogue, pick_speakers,  # noqa: E402
+                                 render_dialogue)
+from transforms.generation import check_reply, _without_quote_markers  # noqa: E402
 
 DATA = os.path.join(os.path.dirname(ROOT), "shared", "data", "safety_labels*.jsonl")
 # Sources of real text (web pages, comments, posts, requests, model answers) with a licence that
@@ -120,8 +121,8 @@ class SafetyGate:
   def __init__(self, model_path, max_score: int):
     from models.classifier import chunking
     from models.classifier.handler import OnnxSafetyModelHandler, make_session
-    from models.classifier import artifacts
-    files = OnnxSafetyModelHandler(model_path or artifacts.default_model_folder()).model_files()
+    from models.classifier.artifacts import model_or_default
+    files = OnnxSafetyModelHandler(model_or_default(model_path)).model_files()
     self._session = make_session(files.onnx)
     self._windower = chunking.Windower(tokenizer_path=files.tokenizer_folder)
     self._max_score = max_score
@@ -255,7 +256,7 @@ def main(argv=None):
                       "source, output and verdict) to this file")
   parser.add_argument("--llama_cpp", action="store_true",
                       help="serve the SmolLM2 GGUF with llama.cpp's OpenAI-compatible server "
-                           "(.venv-llama, as tests/generation/servers.py runs it) on 127.0.0.1 "
+                           "(.venv-llama, as tests/e2e/generation/servers.py runs it) on 127.0.0.1 "
                            "and benchmark it through --generator=openai")
   args, pipeline_args = parser.parse_known_args(argv)
   if not any(a.startswith("--max_attempts") for a in pipeline_args):
@@ -263,7 +264,7 @@ def main(argv=None):
   if args.llama_cpp:
     import tempfile
     from models.generators.local import default_model_path
-    from tests.generation.servers import MODEL_ALIAS, LlamaServer
+    from tests.e2e.generation.servers import MODEL_ALIAS, LlamaServer
     log = os.path.join(tempfile.mkdtemp(prefix="llama-"), "server.log")
     with LlamaServer(default_model_path(), log) as server:
       print(f"llama.cpp server at {server.base_url} (log {log})", file=sys.stderr)

@@ -110,7 +110,7 @@ def bench_local(prompts, max_new_tokens: int, batch_size: int, tokenizer) -> dic
 def bench_openai(prompts, max_new_tokens: int, in_flight: int, tokenizer) -> dict:
   from models.generators.local import default_model_path
   from models.generators.openai_endpoint import OpenAIEndpointHandler
-  from tests.generation.servers import MODEL_ALIAS, LlamaServer, llama_python
+  from tests.e2e.generation.servers import MODEL_ALIAS, LlamaServer, llama_python
   if llama_python() is None:
     raise SystemExit("The llama.cpp server is not installed: run `make llama-server` first.")
   rows = {}

@@ -38,26 +38,37 @@ class_path_header() {
   }'
 }
 
+# True (saying so) when `target` ($2) already holds a complete copy of `what` ($1).
+cached() {
+  if [[ -f "$2/.complete" ]]; then
+    echo "$1: cached in $2"
+    return 0
+  fi
+  return 1
+}
+
+# Marks the fetched folder $1 complete and moves it into place as $2.
+put_in_place() {
+  touch "$1/.complete" && chmod 755 "$1"
+  rm -rf "$2" && mv "$1" "$2"
+}
+
 fetch_flink() {
-  local target tmp
+  local target tmp what
   target="$(flink_dir)"
-  if [[ -f "$target/.complete" ]]; then
-    echo "flink $FLINK_VERSION: cached in $target"
-  else
-    echo "flink $FLINK_VERSION: fetching from Maven Central"
+  what="flink $FLINK_VERSION"
+  if ! cached "$what" "$target"; then
+    echo "$what: fetching from Maven Central"
     tmp="$(mktemp -d "$CACHE/.flink.XXXXXX")"
     (cd "$HERE/flink/cluster" && "${MVN[@]}" dependency:copy-dependencies \
       -Dflink.version="$FLINK_VERSION" -DincludeScope=runtime -DoutputDirectory="$tmp/lib")
-    touch "$tmp/.complete" && chmod 755 "$tmp"
-    rm -rf "$target" && mv "$tmp" "$target"
+    put_in_place "$tmp" "$target"
   fi
 
   target="$(job_server_dir)"
-  if [[ -f "$target/.complete" ]]; then
-    echo "beam flink job server $BEAM_FLINK_RUNNER_VERSION (flink $FLINK_MINOR): cached in $target"
-    return
-  fi
-  echo "beam flink job server $BEAM_FLINK_RUNNER_VERSION (flink $FLINK_MINOR): fetching from Maven Central"
+  what="beam flink job server $BEAM_FLINK_RUNNER_VERSION (flink $FLINK_MINOR)"
+  cached "$what" "$target" && return
+  echo "$what: fetching from Maven Central"
   tmp="$(mktemp -d "$CACHE/.job-server.XXXXXX")"
   (cd "$HERE/flink/job-server" && "${MVN[@]}" dependency:copy-dependencies \
     -Dbeam.version="$BEAM_FLINK_RUNNER_VERSION" -Dflink.minor="$FLINK_MINOR" \
@@ -69,23 +80,18 @@ fetch_flink() {
     mkdir empty && jar --create --file job-server.jar --manifest MANIFEST.MF -C empty .
     rm -r empty MANIFEST.MF
   )
-  touch "$tmp/.complete" && chmod 755 "$tmp"
-  rm -rf "$target" && mv "$tmp" "$target"
+  put_in_place "$tmp" "$target"
 }
 
 fetch_prism() {
   local target tmp
   target="$(prism_dir)"
-  if [[ -f "$target/.complete" ]]; then
-    echo "prism $PRISM_VERSION: cached in $target"
-    return
-  fi
+  cached "prism $PRISM_VERSION" "$target" && return
   echo "prism $PRISM_VERSION: building github.com/apache/beam/sdks/v2/go/cmd/prism@$PRISM_VERSION"
   tmp="$(mktemp -d "$CACHE/.prism.XXXXXX")"
   GOBIN="$tmp" GOFLAGS=-buildvcs=false \
     go install "github.com/apache/beam/sdks/v2/go/cmd/prism@$PRISM_VERSION"
-  touch "$tmp/.complete" && chmod 755 "$tmp"
-  rm -rf "$target" && mv "$tmp" "$target"
+  put_in_place "$tmp" "$target"
 }
 
 mkdir -p "$CACHE"

@@ -8,7 +8,8 @@ answer is parsed and validated; an invalid one is retried (sampled, see
 `backend.RetryingGenerator`) and, after `max_attempts`, dead-lettered as `invalid_judgement`.
 
 The labels are JSONL rows that `python -m models.classifier.train --labels` reads:
-`id`, `text`, `source`, `url`, `score_0_5`, `reason`, `judge`, `attempts`.
+`id`, `text`, `source`, `url`, `score_0_5`, `reason`, `judge`, `attempts`. An annotate run's
+report is beam_pipeline/report.py's, as a curate run's is.
 """
 
 from __future__ import annotations
@@ -22,12 +23,10 @@ from apache_beam.ml.inference.base import ModelHandler
 
 from models.generators.backend import Generation, with_retries
 from models.generators.prompts import KIND_JUDGE, build_prompt
+from corpus.records import STAGE_ANNOTATE, Document
 from transforms.deadletter import count
-from transforms.documents import Document
 from transforms.generation import ParseReply, generate_keyed
-from transforms.report import dead_letters_by_stage, read_counts
 
-STAGE_ANNOTATE = "annotate"
 INVALID_JUDGEMENT = "invalid_judgement"
 MAX_REASON_CHARS = 500
 
@@ -95,11 +94,16 @@ class ParseJudgement(ParseReply):
     super().__init__()
     self._judge_name = judge_name
 
-  def parse(self, document: Document, generation: Generation):
+  def reply_detail(self, generation: Generation) -> dict:
+    """What is wrong with the judgement that `check_judgement` rejected."""
     try:
-      judgement = parse_judgement(generation.text)
+      parse_judgement(generation.text)
     except ValueError as error:
-      raise self.reject(INVALID_JUDGEMENT, document, generation, error=str(error)) from None
+      return {"error": str(error)}
+    return {}
+
+  def parse(self, document: Document, generation: Generation):
+    judgement = parse_judgement(generation.text)  # valid: the handler checked it
     count(STAGE_ANNOTATE, f"score_{judgement.score}")
     yield json.dumps({
         "id": document.id,
@@ -131,56 +135,3 @@ class Annotate(beam.PTransform):
   def expand(self, documents):
     requests = documents | "BuildPrompt" >> beam.ParDo(_BuildJudgePrompt())
     return generate_keyed(requests, self._handler, ParseJudgement(self._judge_name), str)
-
-
-
-def label_tallies(line: str) -> list:
-  """The report's tallies of one label row: the label, its score and its retries."""
-  from transforms.report import tally  # pylint: disable=import-outside-toplevel
-  label = json.loads(line)
-  return [tally("write.labels"), tally(f"{STAGE_ANNOTATE}.score_{label['score_0_5']}"),
-          tally(f"{STAGE_ANNOTATE}.retries", max(int(label.get("attempts", 1)) - 1, 0))]
-
-
-def build_annotate_report(counters: dict[str, int], max_failure_fraction: float = 0.5) -> dict:
-  """report.json of an annotate run: labels per score, dead letters, and the check that every
-  document read is labelled or dead-lettered."""
-  get = lambda name: int(counters.get(name, 0))
-  dead_letters = dead_letters_by_stage(counters)
-  valid, documents_read = read_counts(counters, dead_letters)
-  del max_failure_fraction  # curate's failure checks; a judge run checks labels + dead letters
-  labelled = get("write.labels")
-  dead_total = sum(sum(reasons.values()) for reasons in dead_letters.values())
-  check = {
-      "documents_read": documents_read,
-      "labelled": labelled,
-      "dead_letters": dead_total,
-      "holds": documents_read == labelled + dead_total,
-  }
-  return {
-      "mode": "annotate",
-      "documents_read": documents_read,
-      "documents_valid": valid,
-      "requests": get(f"{STAGE_ANNOTATE}.requests"),
-      "labelled": labelled,
-      "per_score": {str(score): get(f"{STAGE_ANNOTATE}.score_{score}") for score in range(6)},
-      "retries": get(f"{STAGE_ANNOTATE}.retries"),
-      "dead_letters": dead_letters,
-      "dead_letters_total": dead_total,
-      "dead_letters_written": get("write.dead_letter"),
-      "checks": {"annotate": check},
-      "checks_hold": check["holds"],
-  }
-
-
-def annotate_summary(report: dict) -> str:
-  lines = [f"documents read: {report['documents_read']} ({report['documents_valid']} valid)",
-           f"labelled: {report['labelled']} (retries: {report['retries']})",
-           "per score: " + ", ".join(f"{k}: {v}" for k, v in report["per_score"].items()),
-           f"dead letters: {report['dead_letters_total']}"]
-  for stage, reasons in report["dead_letters"].items():
-    lines.append(f"  {stage}: " + ", ".join(f"{r}: {n}" for r, n in reasons.items()))
-  check = report["checks"]["annotate"]
-  lines.append(f"check: read {check['documents_read']} = labelled {check['labelled']} + dead "
-               f"letters {check['dead_letters']}: {'holds' if check['holds'] else 'FAILS'}")
-  return "\n".join(lines)

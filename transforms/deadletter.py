@@ -3,7 +3,9 @@
 A step is a `RecordStep`: a DoFn whose subclass implements one method, `apply(record)`, that
 yields the records to pass on and raises `Reject(reason)` for a record it cannot use. The base
 class turns a rejection into a `DeadLetter` on the `DEAD_LETTER` tagged output and counts
-records in, out and rejected per stage and reason as Beam metrics.
+records in, out and rejected per stage and reason as Beam metrics. A DoFn that is no RecordStep
+(a reader, deduplication: one input, several rejections) emits its dead letters through the same
+helper, `rejected`, so every dead letter is made and counted one way.
 """
 
 from __future__ import annotations
@@ -14,10 +16,7 @@ import typing
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-
-DOCUMENTS = "documents"
-DEAD_LETTER = "dead_letter"
-METRICS_NAMESPACE = "safety_pretraining"
+from corpus.records import DEAD_LETTER, DOCUMENTS, METRICS_NAMESPACE, DeadLetter, Document
 
 
 def apply_step(records, label: str, dofn: beam.DoFn, output_type: typing.Any = None):
@@ -26,7 +25,6 @@ def apply_step(records, label: str, dofn: beam.DoFn, output_type: typing.Any = N
 
   Both outputs are typed, so they travel with a deterministic coder (the RowCoder for records).
   """
-  from transforms.documents import DeadLetter, Document  # documents.py builds on this module
   return records | label >> beam.ParDo(dofn).with_output_types(
       output_type or Document, **{DEAD_LETTER: DeadLetter}).with_outputs(
           DEAD_LETTER, main=DOCUMENTS)
@@ -41,21 +39,38 @@ class Reject(Exception):
     self.detail = detail
 
 
+class Unparsed(typing.NamedTuple):
+  """What a dead letter carries of a record that is no Document (yet): where it came from and
+  as much of it as could be recovered (a raw line, the fields as JSON, or nothing)."""
+  id: str
+  source: str
+  payload: str = ""
+
+
 def dead_letter_for(
     stage: str, record: typing.Any, reason: str, detail: dict | None = None) -> DeadLetter:
-  """A DeadLetter for a Document (or anything else, kept as its text form).
+  """A DeadLetter for a Document, an `Unparsed` record, or anything else (kept as its text form).
 
   A Document is recognised by its fields, not its class: portable runners (Flink, Prism,
   Dataflow) decode schema'd records into generated row classes with the same fields.
   """
-  from transforms.documents import DeadLetter  # documents.py builds on this module
+  detail_json = json.dumps(detail or {}, sort_keys=True, default=str)
   if all(hasattr(record, field) for field in ("id", "text", "source", "safety_score")):
     return DeadLetter(
         stage=stage, reason=reason, id=record.id, source=record.source, payload=record.text,
-        detail=json.dumps(detail or {}, sort_keys=True))
-  return DeadLetter(
-      stage=stage, reason=reason, payload=str(record),
-      detail=json.dumps(detail or {}, sort_keys=True))
+        detail=detail_json)
+  if isinstance(record, Unparsed):
+    return DeadLetter(
+        stage=stage, reason=reason, id=record.id, source=record.source, payload=record.payload,
+        detail=detail_json)
+  return DeadLetter(stage=stage, reason=reason, payload=str(record), detail=detail_json)
+
+
+def rejected(stage: str, record: typing.Any, reason: str, detail: dict | None = None):
+  """The one way a DoFn emits a dead letter: counted under `<stage>.dead_letter.<reason>` and
+  tagged DEAD_LETTER (see `dead_letter_for` for what `record` may be)."""
+  count(stage, f"dead_letter.{reason}")
+  return beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter_for(stage, record, reason, detail))
 
 
 def failed_batch_dead_letters(failure, stage: str, reason: str):
@@ -94,10 +109,8 @@ class RecordStep(beam.DoFn):
     try:
       outputs = list(self.apply(record))
     except Reject as rejection:
-      count(self.stage, f"dead_letter.{rejection.reason}")
-      yield beam.pvalue.TaggedOutput(
-          DEAD_LETTER, dead_letter_for(
-              self.stage, self.dead_letter_subject(record), rejection.reason, rejection.detail))
+      yield rejected(
+          self.stage, self.dead_letter_subject(record), rejection.reason, rejection.detail)
       return
     count(self.stage, "out", len(outputs))
     yield from outputs

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import apache_beam as beam
 
-from transforms.deadletter import DEAD_LETTER, DOCUMENTS, RecordStep, Reject, apply_step
-from transforms.documents import STAGE_GATE, Document
+from corpus.records import DEAD_LETTER, DOCUMENTS, STAGE_GATE, Document
+from transforms.deadletter import RecordStep, Reject, apply_step
 from transforms.scoring import ScoreSafety, document_text
 
 

@@ -17,24 +17,21 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler
 from apache_beam.ml.inference.base import RunInference
 
+from corpus.records import DEAD_LETTER, DOCUMENTS, GENERATION_STAGES, UNSCORED, DeadLetter
+from corpus.records import Document
 from models.generators.backend import EMPTY_GENERATION, Generation, RetryingGenerator
 from models.generators.backend import as_generation, with_retries
 from models.generators.prompts import KIND_MORAL_EDUCATION, KIND_REFUSEWEB, KIND_REPHRASE
 from models.generators.prompts import QUOTE_BEGIN, QUOTE_END
-from models.generators.prompts import build_prompt, pick_style, seeded_index
-from transforms.documents import STAGE_MORAL_EDUCATION, STAGE_REFUSEWEB, STAGE_REPHRASE
-from transforms.documents import UNSCORED, DeadLetter, Document
-from transforms.deadletter import DEAD_LETTER, DOCUMENTS, RecordStep, Reject, apply_step, count
-from transforms.deadletter import failed_batch_dead_letters
-from transforms.quality import SAMPLE_CHARS as REVIEW_CHARS
-from transforms.quality import QualityGate, QualityReview
+from models.generators.prompts import build_prompt, pick_style
+from transforms.deadletter import RecordStep, Reject, apply_step, count, failed_batch_dead_letters
+from transforms.dialogue import ASSISTANT, USER, parse_dialogue, pick_speakers, render_dialogue
+from transforms.quality import QualityGate
+from transforms.quality_checks import BRANCH_KINDS
+from transforms.quality_samples import REVIEW_CHARS
+from transforms.quality_samples import QualityReview
 
 REVIEWS = "reviews"  # GenerateFrom's output of QualityReviews
-
-# The `stage` of the documents each step makes.
-OUTPUT_SAFEWEB = "safeweb"
-OUTPUT_REFUSEWEB = "refuseweb"
-OUTPUT_MORAL_EDUCATION = "moral_education"
 
 NOT_A_DIALOGUE = "not_a_dialogue"
 GENERATION_ERROR = "generation_error"  # a batch the backend failed on as a whole
@@ -44,95 +41,12 @@ REPLY_REJECTIONS = frozenset({EMPTY_GENERATION, NOT_A_DIALOGUE})
 
 class _Branch(typing.NamedTuple):
   stage: str  # dead letters and counters
-  output_stage: str  # the generated documents
+  output_stage: str  # the generated documents: their branch, and their `stage` field
 
 
-_BRANCHES = {
-    KIND_REPHRASE: _Branch(STAGE_REPHRASE, OUTPUT_SAFEWEB),
-    KIND_REFUSEWEB: _Branch(STAGE_REFUSEWEB, OUTPUT_REFUSEWEB),
-    KIND_MORAL_EDUCATION: _Branch(STAGE_MORAL_EDUCATION, OUTPUT_MORAL_EDUCATION),
-}
-
-# Speaker names of RefuseWeb dialogues, varied per document so a model does not learn to refuse
-# only as "Assistant".
-SPEAKER_PAIRS = (
-    ("User", "Assistant"),
-    ("Student", "Teacher"),
-    ("Visitor", "Guide"),
-    ("Customer", "Support agent"),
-    ("Learner", "Tutor"),
-    ("Reader", "Librarian"),
-)
-
-USER = "User"
-ASSISTANT = "Assistant"
-# Speaker labels a generator may use, by role (lowercase, inner spaces collapsed).
-_ROLE_OF_LABEL = {
-    **{name: USER for name in ("user", "human", "person", "customer", "student", "visitor")},
-    **{name: ASSISTANT for name in ("assistant", "ai", "ai assistant", "bot", "chatbot", "helper")},
-}
-# A turn opens a line: optional markdown decoration, a short label, a colon, the text.
-_TURN_LINE = re.compile(
-    r"^[\s>*_#-]*(?P<label>[A-Za-z][A-Za-z ]{0,19}?)[\s*_]*:[\s*_]*(?P<text>.*)$")
-
-
-def pick_speakers(doc_id: str, seed: int = 0) -> tuple[str, str]:
-  """The (user, assistant) names of a RefuseWeb dialogue, from a seeded hash of the source id."""
-  return SPEAKER_PAIRS[seeded_index(doc_id, seed, "speakers", len(SPEAKER_PAIRS))]
-
-
-def parse_dialogue(text: str) -> list[tuple[str, str]]:
-  """The (USER | ASSISTANT, text) turns of a generated dialogue.
-
-  Lines before the first recognised speaker label are dropped (a preamble such as "Here is the
-  dialogue:"); other lines continue the current turn, except that the last turn ends at its first
-  blank line (what follows is commentary such as "In this dialogue, ..."). Empty turns are dropped.
-  """
-  turns: list[list[str]] = []
-  for line in text.splitlines():
-    match = _TURN_LINE.match(line)
-    label = " ".join(match.group("label").lower().split()) if match else ""
-    label = label[4:] if label.startswith("the ") else label
-    if label in _ROLE_OF_LABEL:
-      turns.append([_ROLE_OF_LABEL[label], match.group("text")])
-    elif turns:
-      turns[-1][1] += "\n" + line
-  turns = [[role, body.strip()] for role, body in turns if body.strip()]
-  if turns:
-    turns[-1][1] = re.split(r"\n\s*\n", turns[-1][1], maxsplit=1)[0]
-  return [(role, _unquoted(body)) for role, body in turns]
-
-
-def _unquoted(text: str) -> str:
-  """A turn without the quotation marks a generator may put around all of it."""
-  if len(text) > 1 and text[0] == text[-1] == '"' and '"' not in text[1:-1]:
-    return text[1:-1].strip()
-  return text
-
-
-def render_dialogue(turns: typing.Sequence[tuple[str, str]], speakers: tuple[str, str]) -> str:
-  """The turns as `Name: text` paragraphs, with `speakers` as the (user, assistant) names."""
-  names = {USER: speakers[0], ASSISTANT: speakers[1]}
-  return "\n\n".join(f"{names[role]}: {body}" for role, body in turns)
-
-
-def assistant_turns(document: Document) -> str:
-  """The assistant's turns of a rendered RefuseWeb dialogue (its `style` names the speakers).
-
-  The safety gate scores these: the user's turn asks for the harmful thing by design, what
-  must be safe is what the assistant says.
-  """
-  user, _, assistant = document.style.partition("/")
-  spoken, current = [], None
-  for paragraph in document.text.split("\n\n"):
-    if assistant and paragraph.startswith(f"{assistant}: "):
-      current = ASSISTANT
-      paragraph = paragraph[len(assistant) + 2:]
-    elif user and paragraph.startswith(f"{user}: "):
-      current = USER
-    if current == ASSISTANT:
-      spoken.append(paragraph)
-  return "\n\n".join(spoken) if spoken else document.text
+# prompt kind -> its stage and the branch it writes
+_BRANCHES = {kind: _Branch(GENERATION_STAGES[branch], branch)
+             for branch, kind in BRANCH_KINDS.items()}
 
 
 def _without_quote_markers(text: str) -> str:
@@ -190,13 +104,18 @@ class ParseReply(RecordStep):
   """Base of the steps after a generator: (source document, backend result) -> outputs.
 
   A result whose generation failed (after its retries) becomes a dead letter; so does a reply
-  that `parse` rejects (`self.reject`). Every dead letter carries the source document, so it
-  can be run again, with the reason, the attempt count and the rejected reply in its detail.
-  `reply_rejections` are the reasons of the subclass's own check of the text, which `parse`
-  gives again from the text itself.
+  that the step's own check rejected (`reply_rejections`: the reasons of the check the handler
+  ran on every attempt, `check_reply` or `check_judgement`; it is not run again here). Every
+  dead letter carries the source document, so it can be run again, with the reason, the attempt
+  count and the rejected reply in its detail. `parse` sees only usable replies.
   """
 
   reply_rejections: frozenset = frozenset()
+
+  def reply_detail(self, generation: Generation) -> dict:
+    """Detail the dead letter of a reply rejected by the step's own check carries."""
+    del generation
+    return {}
 
   def dead_letter_subject(self, record):
     return record[0]
@@ -217,7 +136,10 @@ class ParseReply(RecordStep):
   def apply(self, record: tuple[Document, typing.Any]):
     document, result = record
     generation = as_generation(getattr(result, "inference", result))
-    if generation.error and generation.error not in self.reply_rejections:
+    if generation.error in self.reply_rejections:  # the handler's check rejected the reply
+      raise self.reject(
+          generation.error, document, generation, **self.reply_detail(generation))
+    if generation.error:
       status = {"status": generation.status} if generation.status else {}
       raise self.reject(generation.error, document, generation, error=generation.detail, **status)
     yield from self.parse(document, generation)
@@ -262,8 +184,8 @@ def review_record(keyed, kind: str, seed: int = 0) -> QualityReview:
 class ParseGeneration(ParseReply):
   """(source document, generator result) -> the generated document, or a dead letter.
 
-  Rejects what `check_reply` rejects; RefuseWeb replies are normalised into a dialogue with
-  seeded speaker names.
+  What `check_reply` rejected is a dead letter (`ParseReply`); RefuseWeb replies are
+  normalised into a dialogue with seeded speaker names.
   """
 
   reply_rejections = REPLY_REJECTIONS
@@ -279,10 +201,7 @@ class ParseGeneration(ParseReply):
 
   def parse(self, document: Document, generation: Generation):
     parent = document
-    text = _without_quote_markers(generation.text)
-    reason = check_reply(self._kind, text)
-    if reason:
-      raise self.reject(reason, parent, generation)
+    text = _without_quote_markers(generation.text)  # the handler checked it (check_reply)
     document = _generated_document(parent, text, self._kind, self._seed)
     if self._kind == KIND_REFUSEWEB:
       speakers = pick_speakers(parent.id, self._seed)

@@ -16,7 +16,7 @@ import time
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from transforms.deadletter import METRICS_NAMESPACE
+from corpus.records import METRICS_NAMESPACE
 
 LOGGER_NAME = "safety_pretraining.progress"
 STAGE_PROGRESS = "progress"

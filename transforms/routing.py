@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import apache_beam as beam
 
+from corpus.records import RAW, STAGE_ROUTE, Document
 from transforms.deadletter import count
-from transforms.documents import STAGE_ROUTE, Document
 
-RAW = "raw"
+# The outputs of Route: RAW (the branch of that name) and these three.
 TO_TAG = "to_tag"
 REPHRASE = "rephrase"
 REFUSE = "refuse"

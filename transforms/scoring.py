@@ -16,8 +16,8 @@ from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
 from models.classifier.chunking import (
     DEFAULT_OVERLAP, DEFAULT_WINDOW, TOKENIZE_BATCH, Windower, deciding_window, document_score)
-from transforms.deadletter import DEAD_LETTER, DOCUMENTS, count, failed_batch_dead_letters
-from transforms.documents import STAGE_SCORE, Document
+from corpus.records import DEAD_LETTER, DOCUMENTS, STAGE_SCORE, Document
+from transforms.deadletter import count, failed_batch_dead_letters
 
 
 def document_text(document: Document) -> str:

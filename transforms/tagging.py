@@ -14,9 +14,8 @@ import re
 import apache_beam as beam
 import numpy as np
 
+from corpus.records import HARMFULNESS_TAG, STAGE_TAG, Document
 from transforms.deadletter import RecordStep, Reject, apply_step, count
-from transforms.documents import STAGE_TAG, Document
-from transforms.schema import HARMFULNESS_TAG
 
 _WORD = re.compile(r"\S+")
 

@@ -31,11 +31,9 @@ import tempfile
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-LOG = logging.getLogger("models.classifier.artifacts")
+from models.classifier.folder import INT8_NAME, TOKENIZER_NAME
 
-FP32_NAME = "model.onnx"
-INT8_NAME = "model.int8.onnx"
-TOKENIZER_NAME = "tokenizer.json"
+LOG = logging.getLogger("models.classifier.artifacts")
 # The model folder a machine (the template image) holds, read when no --classifier_model is given.
 IMAGE_MODEL_ENV = "SAFETY_PRETRAINING_CLASSIFIER"
 # Under the job's temp location: <temp>/safety-pretraining/classifier/<content digest>/.
@@ -211,6 +209,19 @@ def default_model_folder() -> str | None:
     return None
 
 
+def model_or_default(classifier_model: str | None) -> str | None:
+  """The one answer to "the given model, or the default": `classifier_model` when given; else
+  None when $SAFETY_PRETRAINING_CLASSIFIER is set (the image holds the model, and `local_files`
+  reads it there); else the default model folder, built here once (None without the `local`
+  extra). The launch (`launch_location`), the quality gate's encoder and the benchmarks use it.
+  """
+  if classifier_model:
+    return classifier_model
+  if os.environ.get(IMAGE_MODEL_ENV):
+    return None
+  return default_model_folder()
+
+
 def workers_are_local(runner, options) -> bool:
   """True when the runner's workers run on this machine (DirectRunner, Prism, or any runner
   with LOOPBACK workers) and so read its files."""
@@ -241,15 +252,14 @@ def launch_location(classifier_model: str | None, runner, options) -> str | None
     local path is kept (workers must see it, as on one machine's Flink cluster).
   - A remote model: as it is; the workers download it.
   """
+  classifier_model = model_or_default(classifier_model)
   if classifier_model is None:
     if os.environ.get(IMAGE_MODEL_ENV):
       LOG.info("classifier: the model folder $%s names (%s), on the workers too",
                IMAGE_MODEL_ENV, os.environ[IMAGE_MODEL_ENV])
-      return None
-    classifier_model = default_model_folder()
-    if classifier_model is None:
+    else:
       LOG.warning("%s", NO_MODEL)
-      return None
+    return None
   if not is_local(classifier_model) or workers_are_local(runner, options):
     return classifier_model
   temp = remote_temp_location(options)

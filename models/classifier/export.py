@@ -29,7 +29,7 @@ import tempfile
 
 from models.cache import cache_root
 from models.classifier import model
-from models.classifier.artifacts import FP32_NAME, INT8_NAME, TOKENIZER_NAME
+from models.classifier.folder import FP32_NAME, INT8_NAME, TOKENIZER_NAME
 from models.classifier.chunking import encoder_dir
 
 LOG = logging.getLogger("models.classifier.export")

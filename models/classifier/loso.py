@@ -102,14 +102,14 @@ def main(argv=None):
   parser = train.build_parser()
   parser.prog = "python -m models.classifier.loso"
   parser.description = __doc__
-  parser.add_argument("--min_rows", type=int, default=900,
-                      help="hold out each source with at least this many texts")
-  parser.add_argument("--held_out", default="",
-                      help="comma-separated sources to hold out (default: every source with "
-                           "--min_rows texts)")
-  parser.add_argument("--unsafe_bias_grid", default="",
-                      help="comma-separated values of --unsafe_bias to measure on every fold "
-                           "(the same fitted heads): prints the mean figures of each")
+  for flag, default, text in (
+      ("--min_rows", 900, "hold out each source with at least this many texts"),
+      ("--held_out", "", "comma-separated sources to hold out (default: every source with "
+                         "--min_rows texts)"),
+      ("--unsafe_bias_grid", "", "comma-separated values of --unsafe_bias to measure on every "
+                                 "fold (the same fitted heads): prints the mean figures of each")):
+    parser.add_argument(flag, default=default, help=text,
+                        **({"type": int} if isinstance(default, int) else {}))
   parser.add_argument("--json", action="store_true", help="print one JSON object")
   args = parser.parse_args(argv)
   if args.threads:

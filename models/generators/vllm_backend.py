@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from apache_beam.ml.inference.base import PredictionResult
 
-from models.generators.backend import CONNECTION_ERROR, Prompt, as_generation
+from models.generators.backend import CONNECTION_ERROR, Prompt, as_generation, sampling_options
 from models.generators.openai_endpoint import (
     NO_API_KEY, PREFILL_CONTINUE, Endpoint, OpenAIEndpointHandler)
 
@@ -102,33 +102,44 @@ class VllmGeneratorHandler(OpenAIEndpointHandler):
     server_url: an OpenAI-compatible server already running; then none is started.
     start_server: a picklable callable that starts the server and returns an object with
       `get_server_port()` and `check_connectivity()` (default: `BeamVllmServer`).
+    sampling: max_new_tokens, temperature, top_p, retry_temperature, as OpenAIEndpointHandler
+      takes them.
   """
 
   def __init__(
       self,
       model_name: str,
-      max_new_tokens: int = 256,
-      temperature: float = 0.0,
-      top_p: float = 0.9,
-      retry_temperature: float = 0.7,
       repetition_penalty: float = 1.0,
       timeout_s: float = 120.0,
       server_kwargs: Mapping[str, str | None] | None = None,
       chat_template_path: str | None = None,
       batch_size: int = 64,
       server_url: str | None = None,
-      start_server: Callable[[], typing.Any] | None = None):
+      start_server: Callable[[], typing.Any] | None = None,
+      **sampling: typing.Any):
     if not model_name:
       raise ValueError("The vllm generator needs a model (--vllm_model).")
     super().__init__(
         base_url=server_url or SERVER_URL, model=model_name, api_key_env=NO_API_KEY,
-        max_in_flight=batch_size, timeout_s=timeout_s, max_new_tokens=max_new_tokens,
-        temperature=temperature, top_p=top_p, retry_temperature=retry_temperature,
-        prefill=PREFILL_CONTINUE, extra_body={"repetition_penalty": repetition_penalty},
-        batch_size=batch_size)
+        max_in_flight=batch_size, timeout_s=timeout_s, prefill=PREFILL_CONTINUE,
+        extra_body={"repetition_penalty": repetition_penalty}, batch_size=batch_size,
+        **sampling)
     self._server_url = server_url
     self._start_server = start_server or BeamVllmServer(
         model_name, server_kwargs, chat_template_path)
+
+  @classmethod
+  def from_options(cls, options) -> "VllmGeneratorHandler":
+    return cls(
+        options.vllm_model, repetition_penalty=options.repetition_penalty,
+        timeout_s=options.request_timeout_s,
+        server_kwargs=parse_server_args(options.vllm_server_arg),
+        chat_template_path=options.vllm_chat_template, batch_size=options.generation_batch_size,
+        **sampling_options(options))
+
+  @property
+  def judge_name(self) -> str:
+    return f"vllm:{self._model}"
 
   @property
   def start_server(self) -> Callable[[], typing.Any]:

@@ -23,7 +23,7 @@ GENERATED = ("safeweb", "refuseweb", "moral_education")
 # Small and short, so an engine run stays within a few minutes on 2 cores, with generation on.
 # --quality=off: the gate still reviews and reports every text, but the embedded 135M model at
 # 32 new tokens writes no RefuseWeb dialogue that passes it, and these runs compare runners, so
-# every branch must hold records (the gate's own tests are tests/test_quality.py).
+# every branch must hold records (the gate's own tests are tests/transforms/test_quality.py).
 RUN_OPTIONS = ("--num_shards=2", "--max_chars=5000", "--max_new_tokens=32", "--quality=off")
 # Broken records, so dead_letter/ has read and validate entries on every engine.
 BROKEN_LINES = (
@@ -80,4 +80,4 @@ def assert_same_bytes(reference: str, output: str) -> None:
   different = [name for name in expected if actual[name] != expected[name]]
   assert not different, (
       f"shards that differ from DirectRunner's: {different}; compare the records with "
-      f"transforms.dataset.make_dataset on {reference} and {output}")
+      f"corpus.dataset.make_dataset on {reference} and {output}")
