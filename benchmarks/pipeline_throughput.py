@@ -43,6 +43,7 @@ from models.classifier.handler import make_session, run_windows  # noqa: E402  p
 # Process roles, by a piece of their command line (the first that matches).
 ROLES = (
     ("sdk_worker_main", "sdk worker"),
+    ("SdkHarness", "sdk worker"),  # what the EXTERNAL worker pool starts: python -c ...
     ("worker_pool_main", "sdk worker pool"),
     ("StandaloneSessionClusterEntrypoint", "flink jobmanager"),
     ("TaskManagerRunner", "flink taskmanager"),

