@@ -14,7 +14,7 @@ import sys
 from benchmarks.generation_throughput import (
     SAMPLE_DOCUMENTS, copy_model_config, sample_prompts)
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
 SCRIPT = os.path.join(REPO, "benchmarks", "generation_throughput.py")
 # The benchmark as gpu_check.sh runs it, with every import of apache_beam failing.
 WITHOUT_BEAM = ("import runpy, sys; sys.modules['apache_beam'] = None; "
