@@ -2,6 +2,7 @@
 
     python benchmarks/classifier_throughput.py [--docs 512] [--chars 1500] [--json]
     python benchmarks/classifier_throughput.py --device cuda --bundle build/gpu_bundle [--json]
+    python benchmarks/classifier_throughput.py --spinning [--processes 1,2] [--json]
 
 Scores the same real documents (pieces of about --chars characters cut at word boundaries from
 the long texts of the labelled data: movie reviews, Brown corpus, State of the Union) in
@@ -10,6 +11,10 @@ engine's ratio to PyTorch fp32 eager, and how many documents get the same 0-5 sc
 ONNX fp32 (int8 vs fp32 agreement). PyTorch gets the windows in length-sorted padded batches
 of --batch_tokens; ONNX Runtime runs one window per call, as the pipeline does, and once more in
 padded batches for comparison.
+
+`--spinning` measures the shipped session (idle ONNX Runtime threads sleep) against the same
+session with ONNX Runtime's default spin-waiting, in 1 and in 2 processes at once (cores shared,
+as by SDK processes on a worker), and prints the windows/s of each and their ratio.
 
 `--device cuda` measures the GPU path (models/classifier/batched.py, what
 `--classifier_device=cuda` runs) from a bundle made here by benchmarks/make_gpu_bundle.py (the
@@ -86,6 +91,9 @@ def measure(run, windows, per_doc, repeats: int):
 def main(argv=None):
   parser = build_parser()
   args = parser.parse_args(argv)
+  if args.spinning:
+    spinning_main(args)
+    return
   if args.device == "cuda":
     from benchmarks.classifier_gpu import gpu_report
     report = gpu_report(args)
@@ -107,6 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--static_int8", action="store_true",
                       help="also a statically quantized (calibrated) int8 graph, one window per "
                            "call and in padded batches, with the batch invariance of each")
+  parser.add_argument("--spinning", action="store_true",
+                      help="measure sleeping against spin-waiting ONNX Runtime threads instead")
+  parser.add_argument("--processes", default="1,2",
+                      help="with --spinning: how many processes score at once, comma-separated")
   parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                       help="cpu: the engines above; cuda: the batched GPU path (needs --bundle)")
   parser.add_argument("--bundle", default="build/gpu_bundle",
@@ -119,6 +131,54 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--peak_tflops", type=float, default=790.0,
                       help="with --device cuda: the GPU's dense bf16 peak (H200: about 790)")
   return parser
+
+
+def _spinning_worker(onnx_path, windows, spinning, start, queue):
+  from models.classifier.handler import make_session, run_windows
+  session = make_session(onnx_path, spinning=spinning)
+  run_windows(session, windows[:16])
+  start.wait()
+  began = time.perf_counter()
+  run_windows(session, windows)
+  queue.put(time.perf_counter() - began)
+
+
+def spinning_main(args):
+  """Windows/s of the shipped session (threads sleep) and of spin-waiting threads, in 1..N
+  processes scoring the same windows at once; each process count's ratio in this run."""
+  import multiprocessing
+  from models.classifier import export
+  texts = real_documents(args.labels, args.docs, args.chars)
+  windows = [w for ws in chunking.Windower().windows(texts) for w in ws]
+  onnx_path = export.ensure_exported()["int8"]
+  context = multiprocessing.get_context("spawn")
+  report = {"windows": len(windows), "cores": os.cpu_count(), "runs": []}
+  for processes in [int(n) for n in args.processes.split(",")]:
+    row = {"processes": processes}
+    for _ in range(args.repeats):
+      for spinning in (True, False):
+        # every process loads and warms its session, then all start together
+        start, queue = context.Barrier(processes), context.Queue()
+        workers = [context.Process(target=_spinning_worker,
+                                   args=(onnx_path, windows, spinning, start, queue))
+                   for _ in range(processes)]
+        for worker in workers:
+          worker.start()
+        slowest = max(queue.get() for _ in workers)
+        for worker in workers:
+          worker.join()
+        key = "spinning_windows_per_s" if spinning else "sleeping_windows_per_s"
+        row[key] = max(row.get(key, 0.0), processes * len(windows) / slowest)
+    row["sleeping_vs_spinning"] = row["sleeping_windows_per_s"] / row["spinning_windows_per_s"]
+    report["runs"].append(row)
+  if args.json:
+    print(json.dumps(report, indent=2, sort_keys=True))
+    return
+  print(f"{len(windows)} windows a process, {report['cores']} cores")
+  print(f"{'processes':>9}{'spinning w/s':>14}{'sleeping w/s':>14}{'ratio':>8}")
+  for row in report["runs"]:
+    print(f"{row['processes']:>9}{row['spinning_windows_per_s']:>14.1f}"
+          f"{row['sleeping_windows_per_s']:>14.1f}{row['sleeping_vs_spinning']:>7.2f}x")
 
 
 def cpu_main(args):

@@ -32,13 +32,19 @@ from models.classifier import artifacts
 Windows = typing.Union[np.ndarray, typing.Sequence[np.ndarray]]
 
 
-def make_session(model_path: str, device: str = "cpu", intra_op_threads: int = 0):
+def make_session(model_path: str, device: str = "cpu", intra_op_threads: int = 0,
+                 spinning: bool = False):
   """An ONNX Runtime session; options are built here since they cannot be pickled."""
   import onnxruntime as ort
   options = ort.SessionOptions()
   options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
   if intra_op_threads:
     options.intra_op_num_threads = intra_op_threads
+  # Idle intra-op threads sleep instead of spinning. A worker machine's cores are shared (an SDK
+  # process per core on Dataflow, the runner's JVMs on Flink, other bundles' threads): spinning
+  # threads burn the cores the other sessions need. Scores are unchanged (the same threads do
+  # the same arithmetic); benchmarks/classifier_throughput.py --spinning measures the difference.
+  options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
   providers = ["CPUExecutionProvider"]
   if device == "cuda":
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
