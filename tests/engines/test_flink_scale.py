@@ -22,8 +22,9 @@ pytestmark = pytest.mark.slow
 
 DOCUMENTS = 20_000
 MAX_SHARD_RECORDS = 500
-# Each run may take this long on a loaded 2-core machine (the pipeline alone takes about 10
-# minutes of it there).
+# Each run may take this long on a loaded 2-core machine. On an idle one each takes about 5
+# minutes (Flink 261 s with the cluster's start, DirectRunner 287 s, `make test` --durations);
+# at a load of 8-14, and with ONNX Runtime's threads still spin-waiting, 1,851 s and 864 s.
 ENGINE_TIMEOUT_S = 3000
 OPTIONS = ("--generation=off", "--num_shards=0", f"--max_shard_records={MAX_SHARD_RECORDS}",
            "--max_chars=5000")
