@@ -270,7 +270,8 @@ def main(argv=None):
       print(f"llama.cpp server at {server.base_url} (log {log})", file=sys.stderr)
       return benchmark(args, pipeline_args + [
           "--generator=openai", f"--openai_base_url={server.base_url}",
-          f"--openai_model={MODEL_ALIAS}", "--max_in_flight=1", "--request_timeout_s=900"])
+          f"--openai_model={MODEL_ALIAS}", "--openai_api_key_env=none", "--max_in_flight=1",
+          "--request_timeout_s=900"])
   return benchmark(args, pipeline_args)
 
 
