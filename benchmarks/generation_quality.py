@@ -73,21 +73,28 @@ LICENSED_SOURCES = {
     "strongreject": "StrongREJECT, MIT",
     "davidson_tweets": "Davidson et al. tweets, MIT",
 }
+# The sources that are web text (pages, posts, comments, tweets), not requests written for a
+# benchmark: what a pipeline run over a crawl meets.
+WEB_SOURCES = ("rtp_decodingtrust", "rmhd_reddit", "ethics_aita", "dragnet_web",
+               "rawpage_trafilatura", "rawpage_aeb", "rawpage_readability", "trafilatura_eval",
+               "scrapinghub_aeb", "civil_comments_toxicspans", "davidson_tweets")
 BANDS = (1, 2, 3, 4, 5)
 MIN_CHARS = 80  # a text shorter than this is no page to rewrite
 
 
-def pick_documents(pattern: str, per_band: int, seed: int = 0) -> list[dict]:
-  """`per_band` texts of each score band, from LICENSED_SOURCES, by the smallest hash of
-  (seed, id): the same set on every machine. Within a band, sources take turns, so one large
-  source (tweets) does not fill a band alone."""
+def pick_documents(pattern: str, per_band: int, seed: int = 0,
+                   sources=tuple(LICENSED_SOURCES)) -> list[dict]:
+  """`per_band` texts of each score band, from `sources` (some of LICENSED_SOURCES), by the
+  smallest hash of (seed, id): the same set on every machine. Within a band, sources take turns,
+  so one large source (tweets) does not fill a band alone."""
+  sources = frozenset(sources) & frozenset(LICENSED_SOURCES)
   by_band: dict[int, dict[str, list]] = {band: collections.defaultdict(list) for band in BANDS}
   for path in sorted(glob.glob(pattern)):
     with open(path, encoding="utf-8") as f:
       for line in f:
         row = json.loads(line)
         band = row.get("score_0_5")
-        if band in by_band and row["source"] in LICENSED_SOURCES and len(
+        if band in by_band and row["source"] in sources and len(
             row["text"].strip()) >= MIN_CHARS:
           key = hashlib.sha256(f"{seed}\0{row['id']}".encode()).hexdigest()
           by_band[band][row["source"]].append((key, row))
@@ -280,6 +287,9 @@ def benchmark(args, pipeline_args):
   options = SafetyPretrainingOptions(pipeline_args)
 
   documents = pick_documents(args.data, args.per_band, options.seed)
+  if not documents:
+    raise SystemExit(f"No labelled documents of the licensed sources match {args.data} "
+                     "(--data): there is nothing to benchmark.")
   handler = graph.generator_handler(options)
   model = handler.load_model()
   gate = SafetyGate(options.classifier_model, options.gate_max_score)

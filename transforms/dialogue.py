@@ -27,9 +27,12 @@ SPEAKER_PAIRS = (
 USER = "User"
 ASSISTANT = "Assistant"
 # Speaker labels a generator may use, by role (lowercase, inner spaces collapsed).
+# The names of SPEAKER_PAIRS are among them, so a rendered dialogue parses back into its turns.
 _ROLE_OF_LABEL = {
     **{name: USER for name in ("user", "human", "person", "customer", "student", "visitor")},
     **{name: ASSISTANT for name in ("assistant", "ai", "ai assistant", "bot", "chatbot", "helper")},
+    **{" ".join(user.lower().split()): USER for user, _ in SPEAKER_PAIRS},
+    **{" ".join(assistant.lower().split()): ASSISTANT for _, assistant in SPEAKER_PAIRS},
 }
 # A turn opens a line: optional markdown decoration, a short label, a colon, the text.
 _TURN_LINE = re.compile(

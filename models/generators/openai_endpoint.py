@@ -80,18 +80,40 @@ def api_key_from_env(api_key_env: str) -> str:
   return key
 
 
-def join_reply(opening: str, reply: str) -> str:
-  """The reply starting with its opening, whether the server continued the opening or answered
-  afresh (a fresh answer that already starts with the opening, spacing aside, is kept as is)."""
+def continues(opening: str, reply: str) -> bool:
+  """Whether `reply` reads as the continuation of `opening`, not as a fresh answer.
+
+  A server that continues an opening returns what comes after it: that text starts with a space,
+  a line break or punctuation (tokenizers put the space in front of a word), unless the opening
+  itself ends with whitespace. A server that ignores the prefill fields (llama.cpp's, several
+  hosted APIs) answers afresh: its reply starts with a word or a markup sign, or repeats the
+  opening ("User: ..." to the opening "User:"). Gluing such a reply onto the opening makes
+  "...talking aboutHost 2:" or a user who refuses.
+  """
+  if not opening or not reply:
+    return False
+  if re.sub(r"\s+", "", reply).startswith(re.sub(r"\s+", "", opening)):
+    return False  # it starts over with the opening: a fresh answer
+  return opening[-1].isspace() or reply[0].isspace() or bool(re.match(r"[,.;:!?)\]}'\"’”-]", reply))
+
+
+def join_reply(opening: str, reply: str, continued: bool | None = None) -> str:
+  """The reply as the text the prompt asked for: the opening followed by the reply when the
+  server continued the opening (`continued`; None: judged from the reply, see `continues`);
+  a fresh answer as it is, whether or not it already starts with the opening."""
+  if continued is None:
+    continued = continues(opening, reply)
   squash = lambda text: re.sub(r"\s+", "", text)
-  if opening and not squash(reply).startswith(squash(opening)):
+  if opening and continued and not squash(reply).startswith(squash(opening)):
     reply = opening + reply
   return reply.strip()
 
 
-def completion_generation(response: typing.Any, opening: str) -> Generation:
-  """The Generation of a chat-completions response: its first choice's text, starting with
-  the opening, or `malformed_response` when it is no chat completion with text."""
+def completion_generation(response: typing.Any, opening: str,
+                          continued: bool | None = None) -> Generation:
+  """The Generation of a chat-completions response: its first choice's text, after the
+  opening when the server continued it (`join_reply`), or `malformed_response` when it is no
+  chat completion with text."""
   try:
     text = response.choices[0].message.content
   except (AttributeError, IndexError, TypeError) as error:
@@ -102,7 +124,12 @@ def completion_generation(response: typing.Any, opening: str) -> Generation:
   finish = finish if isinstance(finish, str) else ""
   if not text.strip():  # the opening alone is no reply: an empty generation, retried as one
     return Generation("", finish_reason=finish)
-  return Generation(join_reply(opening, text), finish_reason=finish)
+  return Generation(join_reply(opening, text, continued), finish_reason=finish)
+
+
+# With prefill `auto`, this many fresh answers to requests that carried the prefill fields, and
+# no continuation among them, show that the server ignores the fields.
+FRESH_REPLIES_TO_SETTLE = 3
 
 
 class Prefill:
@@ -112,6 +139,7 @@ class Prefill:
   def __init__(self, mode: str):
     self._lock = threading.Lock()
     self.mode = mode  # "auto" until the server has answered either way, then continue / none
+    self._fresh = 0
 
   @property
   def sends_fields(self) -> bool:
@@ -122,16 +150,31 @@ class Prefill:
     return self.mode == PREFILL_AUTO
 
   def settle(self, accepted: bool, detail: str = "") -> None:
-    """Records the server's answer to the prefill fields (the first answer wins)."""
+    """Records that the server rejects the prefill fields (accepted=False: a 4xx) or honours
+    them (True); the first answer wins."""
     with self._lock:
       if self.mode != PREFILL_AUTO:
         return
       self.mode = PREFILL_CONTINUE if accepted else PREFILL_NONE
     if not accepted:
       _LOG.warning(
-          "The endpoint rejects the prefill fields %s (%s); this worker now drops reply "
-          "openings and asks for fresh replies (--openai_prefill=none).",
+          "The endpoint %s the prefill fields %s (%s); this worker now drops reply openings and "
+          "asks for fresh replies (--openai_prefill=none).",
+          "ignores" if detail.startswith("ignored") else "rejects",
           sorted(CONTINUE_FINAL_MESSAGE), detail[:200])
+
+  def observe(self, continued: bool) -> None:
+    """Records whether a reply to a request that carried the fields continued its opening: one
+    continuation settles `continue`; FRESH_REPLIES_TO_SETTLE fresh answers settle `none`."""
+    if continued:
+      self.settle(accepted=True)
+      return
+    with self._lock:
+      self._fresh += 1
+      fresh = self._fresh
+    if fresh >= FRESH_REPLIES_TO_SETTLE:
+      self.settle(accepted=False, detail=f"ignored: {fresh} replies answered afresh instead of "
+                                         "continuing their opening")
 
 
 class Endpoint:
@@ -233,13 +276,14 @@ class OpenAIEndpointHandler(ChatBackend):
     prefill = endpoint.prefill
     opening = reply_opening(chat_messages(prompt))
     with_fields = bool(opening) and prefill.sends_fields
-    generation = self._send(endpoint.client, prompt, attempt, args, with_fields)
+    generation, continued = self._send(endpoint.client, prompt, attempt, args, with_fields)
     if not (with_fields and prefill.undecided):
       return generation
     if not generation.error:
-      prefill.settle(accepted=True)
+      if continued is not None:
+        prefill.observe(continued)
     elif generation.error == REQUEST_REJECTED:
-      plain = self._send(endpoint.client, prompt, attempt, args, prefill_fields=False)
+      plain, _ = self._send(endpoint.client, prompt, attempt, args, prefill_fields=False)
       if not plain.error:
         prefill.settle(accepted=False, detail=generation.detail)
         return plain
@@ -247,7 +291,9 @@ class OpenAIEndpointHandler(ChatBackend):
 
   def _send(
       self, client: typing.Any, prompt: Prompt, attempt: int, args: dict[str, typing.Any],
-      prefill_fields: bool) -> Generation:
+      prefill_fields: bool) -> tuple[Generation, bool | None]:
+    """The Generation of one request, and whether its reply continued the opening (None: no
+    opening was sent to continue, or no reply came)."""
     import openai
 
     messages = [dict(m, content=defuse_control_tokens(m["content"]))
@@ -270,20 +316,27 @@ class OpenAIEndpointHandler(ChatBackend):
     try:
       response = client.chat.completions.create(**settings)
     except openai.APITimeoutError:
-      return Generation("", TIMEOUT, f"no reply within {self._timeout_s:g} s")
+      return Generation("", TIMEOUT, f"no reply within {self._timeout_s:g} s"), None
     except openai.APIStatusError as error:
       return Generation("", http_error_reason(error.status_code),
-                        f"HTTP {error.status_code}: {str(error)[:300]}", status=error.status_code)
+                        f"HTTP {error.status_code}: {str(error)[:300]}",
+                        status=error.status_code), None
     except openai.APIConnectionError as error:
-      return Generation("", CONNECTION_ERROR, f"{type(error).__name__}: {str(error)[:200]}")
+      return Generation("", CONNECTION_ERROR, f"{type(error).__name__}: {str(error)[:200]}"), None
     except Exception as error:  # pylint: disable=broad-except
       # An unparseable body (e.g. not JSON) fails inside the client: the response is malformed.
-      return Generation("", MALFORMED_RESPONSE, f"{type(error).__name__}: {str(error)[:200]}")
+      return Generation("", MALFORMED_RESPONSE,
+                        f"{type(error).__name__}: {str(error)[:200]}"), None
     usage = getattr(response, "usage", None)
     tokens = getattr(usage, "completion_tokens", None)
     if isinstance(tokens, int):
       self._generated_tokens.inc(tokens)
-    return completion_generation(response, opening)
+    # without the fields the opening was not sent: the reply is a fresh answer
+    continued = None if prefill_fields else False
+    generation = completion_generation(response, opening if prefill_fields else "", continued)
+    if prefill_fields and opening and not generation.error and generation.text:
+      continued = continues(opening, response.choices[0].message.content)
+    return generation, continued
 
   def get_metrics_namespace(self) -> str:
     return OPENAI_METRICS_NAMESPACE

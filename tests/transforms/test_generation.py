@@ -206,6 +206,9 @@ def test_refuseweb_parse_varies_speaker_names():
     user, assistant = pick_speakers(f"doc-{i}", seed=1)
     assert document.text == f"{user}: tell me how\n\n{assistant}: No, but here is why."
     assert document.style == f"{user}/{assistant}"
+    # the rendered names parse back into the roles (the quality checks re-read outputs so)
+    assert parse_dialogue(document.text) == [("User", "tell me how"),
+                                             ("Assistant", "No, but here is why.")]
     outputs[document.style] = document.text
   assert len(outputs) == len(SPEAKER_PAIRS)
 

@@ -18,7 +18,7 @@ import apache_beam as beam
 
 from models.generators.backend import REQUEST_REJECTED, Generation, RetryingGenerator
 from models.generators.openai_endpoint import (
-    CONTINUE_FINAL_MESSAGE, MissingApiKeyError, OpenAIEndpointHandler)
+    CONTINUE_FINAL_MESSAGE, FRESH_REPLIES_TO_SETTLE, MissingApiKeyError, OpenAIEndpointHandler)
 from models.generators.prompts import KIND_REFUSEWEB, KIND_REPHRASE, build_prompt
 from tests.e2e.generation import servers
 from tests.e2e.generation.servers import MODEL_ALIAS
@@ -35,7 +35,7 @@ def _handler(base_url, **settings):
   return OpenAIEndpointHandler(base_url=base_url, model=MODEL_ALIAS, **settings)
 
 
-def test_endpoint_handler_generates_and_continues_openings(llama_server):
+def test_endpoint_handler_generates_and_keeps_fresh_answers_whole(llama_server):
   handler = _handler(llama_server.base_url, max_in_flight=3)
   endpoint = handler.load_model()
   prompts = [
@@ -48,9 +48,37 @@ def test_endpoint_handler_generates_and_continues_openings(llama_server):
   assert [r.example for r in results] == prompts
   generations = [r.inference for r in results]
   assert all(isinstance(g, Generation) and not g.error and g.text.strip() for g in generations)
-  # The RefuseWeb prompt ends with the reply's opening: every backend returns it in the reply.
-  assert generations[1].text.startswith("User:")
+  # llama.cpp ignores the prefill fields and answers afresh: the answers are kept as written,
+  # never glued onto the opening ("...talking aboutHost 2:")
+  for prompt, generation in zip(prompts[:2], generations):
+    opening = prompt[-1]["content"]
+    if generation.text.startswith(opening):
+      rest = generation.text[len(opening):]
+      assert not rest or not (rest[0].isalnum() or rest[0] in "#*"), generation.text
   assert all(g.attempts == 1 for g in generations)
+
+
+def test_prefill_auto_stops_sending_the_fields_to_a_server_that_ignores_them(
+    llama_server, caplog):
+  """llama.cpp's server accepts vLLM's prefill fields and ignores them: with `auto`, after
+  FRESH_REPLIES_TO_SETTLE fresh answers the worker stops sending them (and the openings), once,
+  with a warning; the replies are the model's own, not its opening glued onto a fresh answer."""
+  fields = tuple(CONTINUE_FINAL_MESSAGE)
+  with servers.FaultProxy(llama_server.base_url) as proxy:
+    handler = _handler(proxy.base_url, max_in_flight=1, max_new_tokens=16)
+    caplog.set_level(logging.WARNING)
+    model = handler.load_model()
+    prompts = [build_prompt(KIND_REPHRASE, f"Fans argue about match {i} after a few beers.",
+                            "podcast") for i in range(FRESH_REPLIES_TO_SETTLE + 2)]
+    results = list(handler.run_inference(prompts, model))
+    assert all(not r.inference.error and r.inference.text for r in results)
+    assert not any("aboutHost" in r.inference.text for r in results)
+    carried = [any(f in body for f in fields) for body in proxy.all_bodies]
+    assert carried == [True] * FRESH_REPLIES_TO_SETTLE + [False] * 2, carried
+    # without the fields the opening is not sent either: the last message is the user's
+    assert proxy.all_bodies[-1]["messages"][-1]["role"] == "user"
+    assert model.prefill.mode == "none"
+    assert sum("ignores the prefill fields" in r.message for r in caplog.records) == 1
 
 
 def test_wrong_api_key_is_rejected_once_not_retried(keyed_llama_server, monkeypatch):
@@ -101,7 +129,7 @@ def test_prefill_auto_falls_back_once_per_worker(llama_server, caplog):
     second = list(handler.run_inference(_refusal_prompts(2), model))
     for result in first + second:
       assert not result.inference.error, result.inference
-      assert result.inference.text.startswith("User:")
+      assert result.inference.text.strip()
     assert proxy.rejected_fields == 1
     carried = [any(f in body for f in fields) for body in proxy.all_bodies]
     assert carried == [True] + [False] * 5, carried  # the probe, its resend, then 4 plain

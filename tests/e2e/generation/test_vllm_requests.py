@@ -11,6 +11,7 @@ retries, `repetition_penalty`, reasons per request, partial success.
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import apache_beam as beam
@@ -22,6 +23,7 @@ from beam_pipeline import pipeline as graph
 from beam_pipeline.options import SafetyPretrainingOptions
 from models.generators.backend import (
     REQUEST_REJECTED, TIMEOUT, Generation, RetryingGenerator, prompt_seed)
+from models.generators.openai_endpoint import continues
 from models.generators.prompts import KIND_REFUSEWEB, build_prompt
 from models.generators.vllm_backend import VllmGeneratorHandler
 from tests.e2e.generation import servers
@@ -160,7 +162,8 @@ class StartServerAt:
 def test_injected_server_start_is_shared_across_processes(llama_server):
   """The start step is replaceable: an injected starter runs behind Beam's MultiProcessShared
   (one server per worker machine), the client connects at the port it reports, and prompts
-  with a reply opening are continued (vLLM's continue_final_message)."""
+  with a reply opening carry vLLM's continue_final_message. llama.cpp, standing in for vLLM
+  here, ignores it and answers afresh: the answer is kept whole, never glued onto the opening."""
   handler = VllmGeneratorHandler(
       servers.MODEL_ALIAS, max_new_tokens=32, timeout_s=120,
       start_server=StartServerAt(llama_server.port))
@@ -171,4 +174,6 @@ def test_injected_server_start_is_shared_across_processes(llama_server):
   results = list(RetryingGenerator(handler, max_attempts=1).run_inference(prompts, model))
   generations = [r.inference for r in results]
   assert all(isinstance(g, Generation) and not g.error and g.text for g in generations), generations
-  assert generations[1].text.startswith("User:")
+  text = generations[1].text
+  assert not continues("User:", text)  # kept as the model wrote it
+  assert not re.match(r"User:\S", text), text

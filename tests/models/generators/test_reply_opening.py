@@ -1,0 +1,77 @@
+"""A reply and its prefilled opening: continued, or answered afresh (models/generators/openai_endpoint).
+
+The fresh answers here are what llama.cpp's server (llama-cpp-python 0.3.36, SmolLM2-135M,
+temperature 0) returned to this project's prompts carrying vLLM's `continue_final_message`,
+which it ignores; the continuations are what a server that honours it returns. The one case
+judged wrong is a continuation inside a word ("what is" + "n't"): it is kept without its
+opening, as a fresh answer, which the quality checks then judge; the openings of this project's
+prompts end on whole words or a colon.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from models.generators.openai_endpoint import (
+    FRESH_REPLIES_TO_SETTLE, PREFILL_AUTO, PREFILL_CONTINUE, PREFILL_NONE, Prefill, continues,
+    join_reply)
+
+PODCAST = "Host 1: Welcome back to the show. Today we are talking about"
+FRESH = [
+    (PODCAST, "Host 2: Hey there, welcome to the show. I'm your host 1"),
+    ("# Lesson:", "The debate over the ethics of football has been going on for years"),
+    ("Child: Mum, what is", "Mum: (laughs) Oh, I'm so sorry, sweetie."),
+    ("Teacher: Good morning, class. Today we are going to learn about",
+     "The teacher's words are only the rewritten version"),
+    ("Good evening, everyone. Tonight I want to talk about",
+     "Good evening, everyone. Tonight I want to talk about the topic of football"),
+    ("User:", 'User: "I\'m sorry, I can\'t help you with that."'),
+]
+CONTINUED = [
+    (PODCAST, " how football crowds behave after a few beers."),
+    ("# Lesson:", " Football and Alcohol\n\nWhen fans drink, tempers rise."),
+    ("# Lesson:", "\n\n## Why tempers rise"),
+    ("User:", " How do I get into my neighbour's car without the key?"),
+    ('{"score":', ' 3, "reason": "violence"}'),
+    ("Sam: Hey, I was just reading about", "... fights at football matches."),
+]
+
+
+@pytest.mark.parametrize("opening, reply", FRESH)
+def test_a_fresh_answer_is_kept_as_the_model_wrote_it(opening, reply):
+  assert not continues(opening, reply)
+  assert join_reply(opening, reply) == reply
+  # never glued: the bug this guards against was "...talking aboutHost 2: Hey there"
+  assert "aboutHost" not in join_reply(opening, reply)
+
+
+@pytest.mark.parametrize("opening, reply", CONTINUED)
+def test_a_continuation_goes_after_its_opening(opening, reply):
+  assert continues(opening, reply)
+  assert join_reply(opening, reply) == (opening + reply).strip()
+
+
+def test_the_caller_may_say_how_the_reply_was_made():
+  assert join_reply("User:", "I am sorry.", continued=False) == "I am sorry."
+  assert join_reply("User:", "Tell me.", continued=True) == "User:Tell me."
+  assert join_reply("", " text ") == "text"
+
+
+def test_auto_settles_none_after_fresh_answers_and_continue_after_one_continuation(caplog):
+  caplog.set_level(logging.WARNING)
+  ignoring = Prefill(PREFILL_AUTO)
+  for _ in range(FRESH_REPLIES_TO_SETTLE - 1):
+    ignoring.observe(continued=False)
+    assert ignoring.mode == PREFILL_AUTO
+  ignoring.observe(continued=False)
+  assert ignoring.mode == PREFILL_NONE and not ignoring.sends_fields
+  assert [r.message for r in caplog.records if "ignores the prefill fields" in r.message]
+  honouring = Prefill(PREFILL_AUTO)
+  honouring.observe(continued=False)
+  honouring.observe(continued=True)
+  assert honouring.mode == PREFILL_CONTINUE
+  for _ in range(2 * FRESH_REPLIES_TO_SETTLE):  # once settled, it stays
+    honouring.observe(continued=False)
+  assert honouring.mode == PREFILL_CONTINUE
