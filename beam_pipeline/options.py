@@ -214,10 +214,9 @@ FLAG_GROUPS = (
          "how a prompt's reply opening is continued. continue: send vLLM's "
          "continue_final_message and add_generation_prompt fields; none: drop the opening and "
          "ask for a fresh reply, kept as the model wrote it; auto: continue until the server "
-         "rejects those fields (a 4xx) or ignores them (3 replies that answer afresh instead "
-         "of continuing, as llama.cpp's server does), then none, decided once per SDK "
-         "process. Whatever the mode, a reply is put after its opening only when it reads as "
-         "a continuation of it"),
+         "rejects those fields (a 4xx), then none, decided once per SDK process. Whatever the "
+         "mode, a reply is put after its opening only when it reads as a continuation of it "
+         "(a server that ignores the fields, as llama.cpp's does, answers afresh)"),
     )),
     ("vllm generator (--generator=vllm)", (
         ("vllm_model", str, None,

@@ -127,11 +127,6 @@ def completion_generation(response: typing.Any, opening: str,
   return Generation(join_reply(opening, text, continued), finish_reason=finish)
 
 
-# With prefill `auto`, this many fresh answers to requests that carried the prefill fields, and
-# no continuation among them, show that the server ignores the fields.
-FRESH_REPLIES_TO_SETTLE = 3
-
-
 class Prefill:
   """How this loaded model asks for a reply opening to be continued; with `auto`, what the
   server has shown so far. Shared by the request threads of one SDK process."""
@@ -139,7 +134,6 @@ class Prefill:
   def __init__(self, mode: str):
     self._lock = threading.Lock()
     self.mode = mode  # "auto" until the server has answered either way, then continue / none
-    self._fresh = 0
 
   @property
   def sends_fields(self) -> bool:
@@ -150,31 +144,19 @@ class Prefill:
     return self.mode == PREFILL_AUTO
 
   def settle(self, accepted: bool, detail: str = "") -> None:
-    """Records that the server rejects the prefill fields (accepted=False: a 4xx) or honours
-    them (True); the first answer wins."""
+    """Records whether the server takes the prefill fields (a reply) or rejects them (a 4xx);
+    the first answer wins. A server that takes them and ignores them (llama.cpp's) keeps
+    getting them: the opening still steers its fresh answer, and `join_reply` keeps that
+    answer whole."""
     with self._lock:
       if self.mode != PREFILL_AUTO:
         return
       self.mode = PREFILL_CONTINUE if accepted else PREFILL_NONE
     if not accepted:
       _LOG.warning(
-          "The endpoint %s the prefill fields %s (%s); this worker now drops reply openings and "
-          "asks for fresh replies (--openai_prefill=none).",
-          "ignores" if detail.startswith("ignored") else "rejects",
+          "The endpoint rejects the prefill fields %s (%s); this worker now drops reply "
+          "openings and asks for fresh replies (--openai_prefill=none).",
           sorted(CONTINUE_FINAL_MESSAGE), detail[:200])
-
-  def observe(self, continued: bool) -> None:
-    """Records whether a reply to a request that carried the fields continued its opening: one
-    continuation settles `continue`; FRESH_REPLIES_TO_SETTLE fresh answers settle `none`."""
-    if continued:
-      self.settle(accepted=True)
-      return
-    with self._lock:
-      self._fresh += 1
-      fresh = self._fresh
-    if fresh >= FRESH_REPLIES_TO_SETTLE:
-      self.settle(accepted=False, detail=f"ignored: {fresh} replies answered afresh instead of "
-                                         "continuing their opening")
 
 
 class Endpoint:
@@ -276,14 +258,13 @@ class OpenAIEndpointHandler(ChatBackend):
     prefill = endpoint.prefill
     opening = reply_opening(chat_messages(prompt))
     with_fields = bool(opening) and prefill.sends_fields
-    generation, continued = self._send(endpoint.client, prompt, attempt, args, with_fields)
+    generation = self._send(endpoint.client, prompt, attempt, args, with_fields)
     if not (with_fields and prefill.undecided):
       return generation
     if not generation.error:
-      if continued is not None:
-        prefill.observe(continued)
+      prefill.settle(accepted=True)
     elif generation.error == REQUEST_REJECTED:
-      plain, _ = self._send(endpoint.client, prompt, attempt, args, prefill_fields=False)
+      plain = self._send(endpoint.client, prompt, attempt, args, prefill_fields=False)
       if not plain.error:
         prefill.settle(accepted=False, detail=generation.detail)
         return plain
@@ -291,9 +272,7 @@ class OpenAIEndpointHandler(ChatBackend):
 
   def _send(
       self, client: typing.Any, prompt: Prompt, attempt: int, args: dict[str, typing.Any],
-      prefill_fields: bool) -> tuple[Generation, bool | None]:
-    """The Generation of one request, and whether its reply continued the opening (None: no
-    opening was sent to continue, or no reply came)."""
+      prefill_fields: bool) -> Generation:
     import openai
 
     messages = [dict(m, content=defuse_control_tokens(m["content"]))
@@ -316,27 +295,22 @@ class OpenAIEndpointHandler(ChatBackend):
     try:
       response = client.chat.completions.create(**settings)
     except openai.APITimeoutError:
-      return Generation("", TIMEOUT, f"no reply within {self._timeout_s:g} s"), None
+      return Generation("", TIMEOUT, f"no reply within {self._timeout_s:g} s")
     except openai.APIStatusError as error:
       return Generation("", http_error_reason(error.status_code),
-                        f"HTTP {error.status_code}: {str(error)[:300]}",
-                        status=error.status_code), None
+                        f"HTTP {error.status_code}: {str(error)[:300]}", status=error.status_code)
     except openai.APIConnectionError as error:
-      return Generation("", CONNECTION_ERROR, f"{type(error).__name__}: {str(error)[:200]}"), None
+      return Generation("", CONNECTION_ERROR, f"{type(error).__name__}: {str(error)[:200]}")
     except Exception as error:  # pylint: disable=broad-except
       # An unparseable body (e.g. not JSON) fails inside the client: the response is malformed.
-      return Generation("", MALFORMED_RESPONSE,
-                        f"{type(error).__name__}: {str(error)[:200]}"), None
+      return Generation("", MALFORMED_RESPONSE, f"{type(error).__name__}: {str(error)[:200]}")
     usage = getattr(response, "usage", None)
     tokens = getattr(usage, "completion_tokens", None)
     if isinstance(tokens, int):
       self._generated_tokens.inc(tokens)
     # without the fields the opening was not sent: the reply is a fresh answer
-    continued = None if prefill_fields else False
-    generation = completion_generation(response, opening if prefill_fields else "", continued)
-    if prefill_fields and opening and not generation.error and generation.text:
-      continued = continues(opening, response.choices[0].message.content)
-    return generation, continued
+    return completion_generation(response, opening if prefill_fields else "",
+                                 None if prefill_fields else False)
 
   def get_metrics_namespace(self) -> str:
     return OPENAI_METRICS_NAMESPACE

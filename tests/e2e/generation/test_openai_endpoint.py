@@ -18,7 +18,7 @@ import apache_beam as beam
 
 from models.generators.backend import REQUEST_REJECTED, Generation, RetryingGenerator
 from models.generators.openai_endpoint import (
-    CONTINUE_FINAL_MESSAGE, FRESH_REPLIES_TO_SETTLE, MissingApiKeyError, OpenAIEndpointHandler)
+    CONTINUE_FINAL_MESSAGE, MissingApiKeyError, OpenAIEndpointHandler)
 from models.generators.prompts import KIND_REFUSEWEB, KIND_REPHRASE, build_prompt
 from tests.e2e.generation import servers
 from tests.e2e.generation.servers import MODEL_ALIAS
@@ -58,56 +58,30 @@ def test_endpoint_handler_generates_and_keeps_fresh_answers_whole(llama_server):
   assert all(g.attempts == 1 for g in generations)
 
 
-def test_prefill_auto_stops_sending_the_fields_to_a_server_that_ignores_them(
-    llama_server, caplog):
-  """llama.cpp's server accepts vLLM's prefill fields and ignores them: with `auto`, after
-  FRESH_REPLIES_TO_SETTLE fresh answers the worker stops sending them (and the openings), once,
-  with a warning; the replies are the model's own, not its opening glued onto a fresh answer."""
+def test_a_server_that_ignores_the_prefill_fields_gets_them_and_its_answers_stay_whole(
+    llama_server):
+  """llama.cpp's server takes vLLM's prefill fields and ignores them: it answers afresh.
+  `auto` keeps sending them with the opening (the opening in the prompt still steers the answer:
+  dropping it took llama.cpp's rephrasings passing every check from 37% to 18% in
+  benchmarks/generation_quality.py), and each fresh answer is kept as written, never glued onto
+  the opening ("...talking aboutHost 2:")."""
   fields = tuple(CONTINUE_FINAL_MESSAGE)
   with servers.FaultProxy(llama_server.base_url) as proxy:
     handler = _handler(proxy.base_url, max_in_flight=1, max_new_tokens=16)
-    caplog.set_level(logging.WARNING)
     model = handler.load_model()
     prompts = [build_prompt(KIND_REPHRASE, f"Fans argue about match {i} after a few beers.",
-                            "podcast") for i in range(FRESH_REPLIES_TO_SETTLE + 2)]
+                            "podcast") for i in range(4)]
     results = list(handler.run_inference(prompts, model))
     assert all(not r.inference.error and r.inference.text for r in results)
     assert not any("aboutHost" in r.inference.text for r in results)
     carried = [any(f in body for f in fields) for body in proxy.all_bodies]
-    assert carried == [True] * FRESH_REPLIES_TO_SETTLE + [False] * 2, carried
-    # without the fields the opening is not sent either: the last message is the user's
-    assert proxy.all_bodies[-1]["messages"][-1]["role"] == "user"
-    assert model.prefill.mode == "none"
-    assert sum("ignores the prefill fields" in r.message for r in caplog.records) == 1
-
-
-def test_wrong_api_key_is_rejected_once_not_retried(keyed_llama_server, monkeypatch):
-  """401 is the server refusing the request as it is: final after one attempt, with its
-  status, not retried with backoff as if transient."""
-  monkeypatch.setenv("SP_WRONG_KEY", "sk-not-the-key")
-  handler = _handler(keyed_llama_server.base_url, api_key_env="SP_WRONG_KEY")
-  [result] = RetryingGenerator(handler, max_attempts=3, backoff_s=5.0).run_inference(
-      [[("user", "hello")]], handler.load_model())
-  assert result.inference.error == REQUEST_REJECTED
-  assert result.inference.status == 401 and "401" in result.inference.detail
-  assert result.inference.attempts == 1
-
-
-def test_missing_key_variable_fails_at_load_with_one_clear_error(
-    keyed_llama_server, monkeypatch):
-  """The variable named by --openai_api_key_env is not set where the model loads: load_model
-  fails, naming the variable and the keyless option, before any request (before: the key
-  silently became "unused" and every request got 401). In a pipeline the run fails with it."""
-  monkeypatch.delenv("SP_ABSENT_KEY", raising=False)
-  handler = _handler(keyed_llama_server.base_url, api_key_env="SP_ABSENT_KEY")
-  with pytest.raises(MissingApiKeyError, match=r"SP_ABSENT_KEY .*--openai_api_key_env=none"):
-    handler.load_model()
-  pipeline = beam.Pipeline("DirectRunner")
-  _ = (pipeline | beam.Create([Document(id="d", text="A quarrel.", safety_score=2)])
-       | Rephrase(handler, max_attempts=1))
-  with pytest.raises(Exception, match="SP_ABSENT_KEY") as raised:
-    pipeline.run().wait_until_finish()
-  assert "--openai_api_key_env=none" in str(raised.value)
+    assert carried == [True] * 4, carried
+    assert all(body["messages"][-1]["role"] == "assistant" for body in proxy.all_bodies)
+    assert model.prefill.mode == "continue"
+    opening = prompts[0][-1]["content"]
+    for result in results:  # each reply is the model's fresh answer, whole
+      text = result.inference.text
+      assert not text.startswith(opening) or not text[len(opening):][:1].isalnum(), text
 
 
 def _refusal_prompts(n: int):

@@ -10,13 +10,9 @@ prompts end on whole words or a colon.
 
 from __future__ import annotations
 
-import logging
-
 import pytest
 
-from models.generators.openai_endpoint import (
-    FRESH_REPLIES_TO_SETTLE, PREFILL_AUTO, PREFILL_CONTINUE, PREFILL_NONE, Prefill, continues,
-    join_reply)
+from models.generators.openai_endpoint import continues, join_reply
 
 PODCAST = "Host 1: Welcome back to the show. Today we are talking about"
 FRESH = [
@@ -57,21 +53,3 @@ def test_the_caller_may_say_how_the_reply_was_made():
   assert join_reply("User:", "I am sorry.", continued=False) == "I am sorry."
   assert join_reply("User:", "Tell me.", continued=True) == "User:Tell me."
   assert join_reply("", " text ") == "text"
-
-
-def test_auto_settles_none_after_fresh_answers_and_continue_after_one_continuation(caplog):
-  caplog.set_level(logging.WARNING)
-  ignoring = Prefill(PREFILL_AUTO)
-  for _ in range(FRESH_REPLIES_TO_SETTLE - 1):
-    ignoring.observe(continued=False)
-    assert ignoring.mode == PREFILL_AUTO
-  ignoring.observe(continued=False)
-  assert ignoring.mode == PREFILL_NONE and not ignoring.sends_fields
-  assert [r.message for r in caplog.records if "ignores the prefill fields" in r.message]
-  honouring = Prefill(PREFILL_AUTO)
-  honouring.observe(continued=False)
-  honouring.observe(continued=True)
-  assert honouring.mode == PREFILL_CONTINUE
-  for _ in range(2 * FRESH_REPLIES_TO_SETTLE):  # once settled, it stays
-    honouring.observe(continued=False)
-  assert honouring.mode == PREFILL_CONTINUE
