@@ -94,7 +94,8 @@ def continues(opening: str, reply: str) -> bool:
     return False
   if re.sub(r"\s+", "", reply).startswith(re.sub(r"\s+", "", opening)):
     return False  # it starts over with the opening: a fresh answer
-  return opening[-1].isspace() or reply[0].isspace() or bool(re.match(r"[,.;:!?)\]}'\"’”-]", reply))
+  return (opening[-1].isspace() or reply[0].isspace()
+          or bool(re.match(r"[,.;:!?)\]}'\"’”-]", reply)))
 
 
 def join_reply(opening: str, reply: str, continued: bool | None = None) -> str:

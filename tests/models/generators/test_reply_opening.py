@@ -1,4 +1,4 @@
-"""A reply and its prefilled opening: continued, or answered afresh (models/generators/openai_endpoint).
+"""A reply and its prefilled opening: continued, or answered afresh (`openai_endpoint`).
 
 The fresh answers here are what llama.cpp's server (llama-cpp-python 0.3.36, SmolLM2-135M,
 temperature 0) returned to this project's prompts carrying vLLM's `continue_final_message`,
