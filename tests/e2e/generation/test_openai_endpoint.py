@@ -58,6 +58,35 @@ def test_endpoint_handler_generates_and_keeps_fresh_answers_whole(llama_server):
   assert all(g.attempts == 1 for g in generations)
 
 
+def test_wrong_api_key_is_rejected_once_not_retried(keyed_llama_server, monkeypatch):
+  """401 is the server refusing the request as it is: final after one attempt, with its
+  status, not retried with backoff as if transient."""
+  monkeypatch.setenv("SP_WRONG_KEY", "sk-not-the-key")
+  handler = _handler(keyed_llama_server.base_url, api_key_env="SP_WRONG_KEY")
+  [result] = RetryingGenerator(handler, max_attempts=3, backoff_s=5.0).run_inference(
+      [[("user", "hello")]], handler.load_model())
+  assert result.inference.error == REQUEST_REJECTED
+  assert result.inference.status == 401 and "401" in result.inference.detail
+  assert result.inference.attempts == 1
+
+
+def test_missing_key_variable_fails_at_load_with_one_clear_error(
+    keyed_llama_server, monkeypatch):
+  """The variable named by --openai_api_key_env is not set where the model loads: load_model
+  fails, naming the variable and the keyless option, before any request (before: the key
+  silently became "unused" and every request got 401). In a pipeline the run fails with it."""
+  monkeypatch.delenv("SP_ABSENT_KEY", raising=False)
+  handler = _handler(keyed_llama_server.base_url, api_key_env="SP_ABSENT_KEY")
+  with pytest.raises(MissingApiKeyError, match=r"SP_ABSENT_KEY .*--openai_api_key_env=none"):
+    handler.load_model()
+  pipeline = beam.Pipeline("DirectRunner")
+  _ = (pipeline | beam.Create([Document(id="d", text="A quarrel.", safety_score=2)])
+       | Rephrase(handler, max_attempts=1))
+  with pytest.raises(Exception, match="SP_ABSENT_KEY") as raised:
+    pipeline.run().wait_until_finish()
+  assert "--openai_api_key_env=none" in str(raised.value)
+
+
 def test_a_server_that_ignores_the_prefill_fields_gets_them_and_its_answers_stay_whole(
     llama_server):
   """llama.cpp's server takes vLLM's prefill fields and ignores them: it answers afresh.
