@@ -80,6 +80,10 @@ def api_key_from_env(api_key_env: str) -> str:
   return key
 
 
+def _squashed(text: str) -> str:
+  return re.sub(r"\s+", "", text)
+
+
 def continues(opening: str, reply: str) -> bool:
   """Whether `reply` reads as the continuation of `opening`, not as a fresh answer.
 
@@ -92,29 +96,23 @@ def continues(opening: str, reply: str) -> bool:
   """
   if not opening or not reply:
     return False
-  if re.sub(r"\s+", "", reply).startswith(re.sub(r"\s+", "", opening)):
+  if _squashed(reply).startswith(_squashed(opening)):
     return False  # it starts over with the opening: a fresh answer
   return (opening[-1].isspace() or reply[0].isspace()
           or bool(re.match(r"[,.;:!?)\]}'\"’”-]", reply)))
 
 
-def join_reply(opening: str, reply: str, continued: bool | None = None) -> str:
+def join_reply(opening: str, reply: str) -> str:
   """The reply as the text the prompt asked for: the opening followed by the reply when the
-  server continued the opening (`continued`; None: judged from the reply, see `continues`);
-  a fresh answer as it is, whether or not it already starts with the opening."""
-  if continued is None:
-    continued = continues(opening, reply)
-  squash = lambda text: re.sub(r"\s+", "", text)
-  if opening and continued and not squash(reply).startswith(squash(opening)):
-    reply = opening + reply
-  return reply.strip()
+  reply continues it (see `continues`); a fresh answer as it is, whether or not it already
+  starts with the opening."""
+  return (opening + reply if continues(opening, reply) else reply).strip()
 
 
-def completion_generation(response: typing.Any, opening: str,
-                          continued: bool | None = None) -> Generation:
+def completion_generation(response: typing.Any, opening: str) -> Generation:
   """The Generation of a chat-completions response: its first choice's text, after the
-  opening when the server continued it (`join_reply`), or `malformed_response` when it is no
-  chat completion with text."""
+  opening when it continues it (`join_reply`), or `malformed_response` when it is no chat
+  completion with text."""
   try:
     text = response.choices[0].message.content
   except (AttributeError, IndexError, TypeError) as error:
@@ -125,7 +123,7 @@ def completion_generation(response: typing.Any, opening: str,
   finish = finish if isinstance(finish, str) else ""
   if not text.strip():  # the opening alone is no reply: an empty generation, retried as one
     return Generation("", finish_reason=finish)
-  return Generation(join_reply(opening, text, continued), finish_reason=finish)
+  return Generation(join_reply(opening, text), finish_reason=finish)
 
 
 class Prefill:
@@ -310,8 +308,7 @@ class OpenAIEndpointHandler(ChatBackend):
     if isinstance(tokens, int):
       self._generated_tokens.inc(tokens)
     # without the fields the opening was not sent: the reply is a fresh answer
-    return completion_generation(response, opening if prefill_fields else "",
-                                 None if prefill_fields else False)
+    return completion_generation(response, opening if prefill_fields else "")
 
   def get_metrics_namespace(self) -> str:
     return OPENAI_METRICS_NAMESPACE

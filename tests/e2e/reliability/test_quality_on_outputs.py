@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import collections
 import json
-import os
 
 import pytest
 

@@ -49,7 +49,5 @@ def test_a_continuation_goes_after_its_opening(opening, reply):
   assert join_reply(opening, reply) == (opening + reply).strip()
 
 
-def test_the_caller_may_say_how_the_reply_was_made():
-  assert join_reply("User:", "I am sorry.", continued=False) == "I am sorry."
-  assert join_reply("User:", "Tell me.", continued=True) == "User:Tell me."
+def test_without_an_opening_the_reply_is_kept():
   assert join_reply("", " text ") == "text"
