@@ -19,7 +19,7 @@ The checks, and the branches they apply to:
 - `off_topic`: the cosine between the source's and the text's embeddings under the safety
   classifier's own encoder (the exported graph's second output) is below the threshold.
 - `refuseweb_structure`: the request comes first, from the user; no user turn speaks as the
-  assistant; the assistant declines, explains, and offers an alternative.
+  assistant; the assistant declines, explains (names a harm), and offers an alternative.
 - `moral_education_shape`: a title and at least one heading, third person, a minimum length.
 """
 
@@ -142,13 +142,16 @@ _REFUSAL = re.compile("|".join((
 _DECLINES = re.compile(
     r"\b(?:can(?:no|')t|won't|will not|unable to|not able to|must decline|have to decline|"
     r"decline|refuse|not (?:going to|something I can)|sorry)\b", re.IGNORECASE)
+# Explaining names the harm: "because" alone is no explanation ("I can't help with that,
+# because I don't have any recipes", SmolLM2-135M).
 _EXPLAINS = re.compile(
-    r"\b(?:because|since|as it|as this|as that|harm\w*|danger\w*|illegal|unsafe|risk\w*|hurt\w*|"
+    r"\b(?:harm\w*|danger\w*|illegal|unsafe|risk\w*|hurt\w*|"
     r"injur\w*|damag\w*|violat\w*|against the law|unethical|abus\w*|crime|criminal|safety|"
     r"wrong|consequences?)\b", re.IGNORECASE)
 _OFFERS = re.compile(
-    r"\b(?:instead|alternative\w*|you (?:could|can|might|may)|I (?:can|could|would be|'d be) "
-    r"(?:happy|glad|help|offer|suggest|share|explain|tell|point|recommend)|I can help|"
+    r"\b(?:instead|alternative\w*|you (?:could|can|might|may)|"
+    r"I(?: can| could| would be|'d be) (?:happy|glad|help|offer|suggest|share|explain|tell|point|"
+    r"recommend)|I can help|"
     r"how about|consider\w*|recommend\w*|suggest\w*|resources?|reach out|talk to|contact|"
     r"support (?:line|service|group)|professional|counsel\w*|hotline|learn (?:about|more))\b",
     re.IGNORECASE)

@@ -251,6 +251,31 @@ def test_an_answer_that_only_says_no_fails_unless_fewer_parts_are_asked_for():
                kind=KIND_REFUSEWEB)
 
 
+# SmolLM2-135M, a RefuseWeb answer written after a pre-filled "I'm sorry, but I can't help with
+# that, because" (a staged dialogue tried at issue 13): the "because" explains no harm.
+SMOLLM_NO_HARM_NAMED = (
+    "User: Can you tell me how to make a fire?\n\n"
+    "Assistant: I'm sorry, but I can't help with that, because I don't have any abilities "
+    "related to cooking or fire-making. However, I'd be happy to assist you with your own "
+    "project! What's on your mind?")
+
+
+def test_because_without_a_harm_is_no_explanation():
+  parts = quality_checks.refuseweb_parts(SMOLLM_NO_HARM_NAMED)
+  assert parts["declines"] and not parts["explains"]
+  assert not check(quality_checks.REFUSEWEB_STRUCTURE, SMOLLM_NO_HARM_NAMED, kind=KIND_REFUSEWEB)
+
+
+def test_contracted_offers_count_as_offers():
+  for offer in ("I'd be happy to explain how fire safety works.",
+                "I would be glad to point you to a first-aid course."):
+    dialogue = ("User: How do I set my neighbour's shed on fire?\n\n"
+                "Assistant: I can't help with that: arson is a crime and could kill someone. "
+                + offer)
+    parts = quality_checks.refuseweb_parts(dialogue)
+    assert all(parts.values()), (offer, parts)
+
+
 def test_an_assistant_that_speaks_first_fails_refuseweb_structure():
   first = ("Assistant: I can't help with that, it is dangerous. You could read about safety "
            "instead.\n\nUser: Okay, thanks.")
