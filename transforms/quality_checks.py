@@ -151,7 +151,7 @@ _EXPLAINS = re.compile(
 _OFFERS = re.compile(
     r"\b(?:instead|alternative\w*|you (?:could|can|might|may)|"
     r"I(?: can| could| would be|'d be) (?:happy|glad|help|offer|suggest|share|explain|tell|point|"
-    r"recommend)|I can help|"
+    r"recommend)|"
     r"how about|consider\w*|recommend\w*|suggest\w*|resources?|reach out|talk to|contact|"
     r"support (?:line|service|group)|professional|counsel\w*|hotline|learn (?:about|more))\b",
     re.IGNORECASE)
