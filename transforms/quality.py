@@ -22,7 +22,7 @@ import numpy as np
 
 from models.generators.prompts import KIND_REFUSEWEB, QUOTE_BEGIN, QUOTE_END, chat_messages
 from transforms.quality_checks import (CHECK_FUNCTIONS, FINISH_LENGTH, KIND_CHECKS, OFF_TOPIC,
-                                       Candidate, QualitySettings, reason_of)
+                                       Candidate, QualitySettings, plain, reason_of)
 
 _LOG = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ _CLOSING = re.compile(
 def cut_preamble(text: str) -> tuple[str, bool]:
   """The text without an opening line that only introduces it, when what follows has words."""
   first, newline, rest = text.partition("\n")
-  if newline and _PREAMBLE_LINE.match(first) and re.search(r"\w", rest):
+  if newline and _PREAMBLE_LINE.match(plain(first)) and re.search(r"\w", rest):
     return rest.strip(), True
   return text, False
 
@@ -59,7 +59,7 @@ def cut_preamble(text: str) -> tuple[str, bool]:
 def cut_closing_remark(text: str) -> tuple[str, bool]:
   """The text without a last paragraph that only comments on it ("I hope this helps!")."""
   paragraphs = re.split(r"\n\s*\n", text.strip())
-  if len(paragraphs) > 1 and _CLOSING.match(paragraphs[-1]):
+  if len(paragraphs) > 1 and _CLOSING.match(plain(paragraphs[-1])):
     return "\n\n".join(paragraphs[:-1]).strip(), True
   return text, False
 

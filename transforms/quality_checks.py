@@ -91,10 +91,19 @@ class Candidate(typing.NamedTuple):
 # --- text helpers -----------------------------------------------------------------------------
 
 _WORDS = re.compile(r"[A-Za-z0-9']+")
+# Typographic apostrophes (right and left single quotes, the modifier letter, the prime, the
+# full-width one), which many served models write ("I can’t help with that"), as the ASCII
+# one the patterns below spell. One character for one, so positions in the text are kept.
+_APOSTROPHES = str.maketrans(dict.fromkeys("\u2019\u2018\u02bc\u2032\uff07", "'"))
+
+
+def plain(text: str) -> str:
+  """`text` with its typographic apostrophes as ASCII ones (same length, same positions)."""
+  return text.translate(_APOSTROPHES)
 
 
 def words(text: str) -> list[str]:
-  return _WORDS.findall(text.lower())
+  return _WORDS.findall(plain(text).lower())
 
 
 def sentences(text: str) -> list[str]:
@@ -125,16 +134,27 @@ _META = re.compile("|".join((
     r"<<<|BEGIN QUOTED|END QUOTED",
 )), re.IGNORECASE)
 
-# A first line that only introduces what follows ("Sure! Here is the rewritten text:").
+# A generator's refusal. "I can't" with a task verb is one only when the verb goes on as a refusal
+# does ("help with that", "help you.", "provide information", "do that."): "I can't help but
+# feel", "I can't help it", "I can't do this anymore" and "I'm not comfortable in my own home"
+# are how people write, and the texts being rephrased are full of them.
+_CANT_WORDS = r"can(?:no|')t|won't|will not|am not able to|'m not able to|am unable to|'m unable to"
+_CANT = "(?:" + _CANT_WORDS + ")"
 _REFUSAL = re.compile("|".join((
-    r"\bI(?:'m| am) (?:sorry|afraid),? (?:but )?I (?:can(?:no|')t|won't|will not|am unable|"
-    r"'m unable|am not able|'m not able)",
-    r"\bI (?:can(?:no|')t|won't|will not|am not able to|'m not able to|am unable to|"
-    r"'m unable to|must decline to|refuse to) (?:help|assist|provide|fulfil+|comply|create|"
-    r"write|rewrite|rephrase|do that|do this|support|engage|generate|produce|answer|discuss)",
+    r"\bI(?:(?:'m| am) (?:sorry|afraid)| apologi[sz]e),? (?:but )?I "
+    r"(?:can(?:no|')t|won't|will not|am unable|'m unable|am not able|'m not able)",
+    r"\bI " + _CANT + r" (?:help|assist)(?: you)?(?: with\b| in (?:this|that|any)\b|"
+    r" on (?:this|that)\b| here\b|\s*[.!,;]|\s*$)",
+    r"\bI " + _CANT + r" do (?:that|this|it)(?:\s*[.!,;]|\s*$| for you\b)",
+    r"\bI (?:" + _CANT_WORDS + r"|must decline to|refuse to) (?:provide|fulfil+|comply|create|"
+    r"write|rewrite|rephrase|support|engage|generate|produce|answer|discuss|assist)\b"
+    r"(?! (?:a bunch|much|more|anymore|him|her|them|myself)\b)",
     r"\bI (?:must|have to) (?:decline|refuse)\b",
     r"\bas an AI\b",
-    r"\bI(?:'m| am) not (?:comfortable|able to help)\b",
+    r"\bI(?:'m| am) not comfortable (?:with (?:this|that|your) (?:request|task|topic|question)|"
+    r"(?:providing|writing|creating|generating|producing|helping|assisting|answering|"
+    r"engaging|continuing|rewriting|rephrasing|fulfilling)\b)",
+    r"\bI(?:'m| am) not able to help\b",
     r"\b(?:can(?:no|')t|won't) (?:help|assist) (?:you )?with (?:that|this)\b",
 )), re.IGNORECASE)
 
@@ -169,13 +189,13 @@ _HEADING = re.compile(r"^\s*(?:#{1,6}\s+\S|\*\*[^*\n]{2,80}\*\*:?\s*$)")
 
 def check_preamble(candidate: Candidate, settings: QualitySettings) -> bool:
   """No more than `max_meta_sentences` sentences talk about the task instead of doing it."""
-  meta = sum(1 for sentence in sentences(candidate.text) if _META.search(sentence))
+  meta = sum(1 for sentence in sentences(plain(candidate.text)) if _META.search(sentence))
   return meta <= settings.max_meta_sentences
 
 
 def check_refusal(candidate: Candidate, settings: QualitySettings) -> bool:
   """The generator did not refuse (more than `max_refusals` refusal phrases)."""
-  return len(_REFUSAL.findall(candidate.text)) <= settings.max_refusals
+  return len(_REFUSAL.findall(plain(candidate.text))) <= settings.max_refusals
 
 
 def check_truncation(candidate: Candidate, settings: QualitySettings) -> bool:
@@ -218,7 +238,7 @@ def check_off_topic(candidate: Candidate, settings: QualitySettings) -> bool:
 
 def refuseweb_parts(text: str) -> dict[str, bool]:
   """Which parts of a good RefuseWeb dialogue `text` has (see check_refuseweb_structure)."""
-  turns = parse_dialogue(text)
+  turns = parse_dialogue(plain(text))
   answer = " ".join(body for role, body in turns if role == ASSISTANT)
   user_turns = [body for role, body in turns if role == USER]
   return {

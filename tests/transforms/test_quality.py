@@ -134,6 +134,54 @@ def test_text_about_a_refusal_in_third_person_passes_refusal(text):
   assert check(quality_checks.REFUSAL, text)
 
 
+# Model refusals as the JailbreakBench artifacts hold them (jbb_artifacts rows kept as refusals in
+# ../shared/data, their openings), the last two as served models write them, with typographic
+# apostrophes.
+MODEL_REFUSALS = [
+    "I cannot fulfill your request. I'm just an AI, it's not within my programming or ethical "
+    "guidelines to create content that promotes body shaming.",
+    "I apologize, but I cannot argue in favor of the conspiracy theory that global events are "
+    "being controlled by an elite group.",
+    "I cannot provide assistance with illegal or unethical activities.",
+    "I\u2019m sorry, but I can\u2019t help with that.",
+    "I can\u2019t assist with that request.",
+]
+# How people write in the posts being rephrased (the phrases the refusal check rejected in
+# rmhd_reddit, ethics_aita and gutenberg texts before it asked for a refusal's continuation;
+# `python benchmarks/refusal_check.py --examples 20` lists them).
+PEOPLE_WRITING = [
+    "I know I'm still pretty young but I can't help but feel like I'll never be in a relationship.",
+    "Everytime I get soft serve I always walk away with rainbow sprinkles. I can\u2019t help it.",
+    "I can't help thinking that she deserved better, and I cannot help my height either.",
+    "My husband says I shouldn't feel bad but I can't help feeling guilty.",
+    "I can't do this anymore, I told him, and I can't do that knowing he lied.",
+    "I'm not comfortable in my own home since the break-in, and I won't support them if they "
+    "move back.",
+]
+
+
+@pytest.mark.parametrize("text", MODEL_REFUSALS)
+def test_model_refusals_fail_refusal(text):
+  assert not check(quality_checks.REFUSAL, text)
+
+
+@pytest.mark.parametrize("text", PEOPLE_WRITING)
+def test_how_people_write_is_no_refusal(text):
+  assert check(quality_checks.REFUSAL, text)
+
+
+def test_typographic_apostrophes_read_as_apostrophes():
+  curly = "\u2019"
+  assert quality_checks.plain(f"I{curly}m sorry") == "I'm sorry"
+  assert quality_checks.words(f"don{curly}t stop") == ["don't", "stop"]
+  # the opening cut and the RefuseWeb parts see the same text either way
+  text, cut = quality.cut_preamble(f"Here{curly}s the rewritten text:\n" + GARDEN_TEXTBOOK)
+  assert cut and text == GARDEN_TEXTBOOK
+  dialogue = GOOD_DIALOGUE.replace("'", curly)
+  assert curly in dialogue
+  assert quality_checks.refuseweb_parts(dialogue) == quality_checks.refuseweb_parts(GOOD_DIALOGUE)
+
+
 # --- truncation --------------------------------------------------------------------------------
 
 def test_a_text_stopped_at_the_token_limit_fails_truncation():
