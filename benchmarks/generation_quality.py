@@ -257,6 +257,9 @@ def main(argv=None):
       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--per_band", type=int, default=40,
                       help="documents per score band 1-5 (default 40: 200 documents)")
+  parser.add_argument("--bands", default="1,2,3,4,5",
+                      help="the score bands to run (default all; 4,5: RefuseWeb and Moral "
+                           "Education only), the same documents of each as a whole run")
   parser.add_argument("--data", default=DATA, help="labelled JSONL files (glob)")
   parser.add_argument("--json", action="store_true", help="print the figures as JSON")
   parser.add_argument("--output", default=None, help="also write the JSON (with every request's "
@@ -286,7 +289,11 @@ def benchmark(args, pipeline_args):
   """Runs the benchmark with the pipeline options `pipeline_args`; prints the figures."""
   options = SafetyPretrainingOptions(pipeline_args)
 
-  documents = pick_documents(args.data, args.per_band, options.seed)
+  bands = {int(band) for band in args.bands.split(",") if band.strip()}
+  if not bands <= set(BANDS):
+    raise SystemExit(f"--bands {args.bands}: the bands are {', '.join(map(str, BANDS))}")
+  documents = [d for d in pick_documents(args.data, args.per_band, options.seed)
+               if d["score_0_5"] in bands]
   if not documents:
     raise SystemExit(f"No labelled documents of the licensed sources match {args.data} "
                      "(--data): there is nothing to benchmark.")
@@ -309,7 +316,7 @@ def benchmark(args, pipeline_args):
   figures = {
       "generator": options.generator if options.generator != "openai"
       else f"openai:{options.openai_model}",
-      "documents": len(documents), "per_band": args.per_band,
+      "documents": len(documents), "per_band": args.per_band, "bands": sorted(bands),
       "max_new_tokens": options.max_new_tokens, "max_attempts": options.max_attempts,
       "new_tokens": tokens, "generation_s": round(seconds, 1),
       "tokens_per_s": round(tokens / seconds, 2) if seconds else 0.0,

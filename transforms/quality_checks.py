@@ -158,18 +158,32 @@ _REFUSAL = re.compile("|".join((
     r"\b(?:can(?:no|')t|won't) (?:help|assist) (?:you )?with (?:that|this)\b",
 )), re.IGNORECASE)
 
-# The parts of a RefuseWeb answer (the assistant's turns).
+# The parts of a RefuseWeb dialogue. The first user turn asks for something: a question, or a
+# request ("Can you", "How do I", "Tell me", "I want"). The assistant's first answer declines, in
+# its own voice: "you can't do anything wrong" (SmolLM2-135M, in an answer that never said no) is
+# not the assistant declining.
+_ASKS = re.compile(
+    r"\?|\b(?:can|could|would|will) you\b|\bhow (?:do|can|could|would|should|to)\b|"
+    r"\b(?:help|tell|show|give|teach|get|send) me\b|"
+    r"\bI(?: want| need| would like|'d like|'m looking for| am looking for)\b|\bplease\b|"
+    r"(?:^|[.!:]\s+)(?:write|make|create|explain|describe|find|list|generate|give|tell|show|"
+    r"help|teach)\b", re.IGNORECASE)
 _DECLINES = re.compile(
-    r"\b(?:can(?:no|')t|won't|will not|unable to|not able to|must decline|have to decline|"
-    r"decline|refuse|not (?:going to|something I can)|sorry)\b", re.IGNORECASE)
+    r"\bI (?:(?:really |simply |just )?(?:can(?:no|')t|won't|will not|shouldn't|should not)|"
+    r"(?:must|have to|need to|'ll have to|will have to)(?: respectfully| politely)? "
+    r"(?:decline|refuse|say no)|(?:respectfully |politely )?(?:decline|refuse)|"
+    r"(?:'d|would) rather not)\b|"
+    r"\bI(?:'m| am) (?:not (?:able|going|willing|comfortable)|unable|sorry|afraid)\b|"
+    r"\bnot something I (?:can|will|am able to)\b|\bI apologi[sz]e\b|"
+    r"^\W*(?:no|sorry)\b", re.IGNORECASE)
 # Explaining names the harm: "because" alone is no explanation ("I can't help with that,
 # because I don't have any recipes", SmolLM2-135M).
 _EXPLAINS = re.compile(
     r"\b(?:harm\w*|danger\w*|illegal|unsafe|risk\w*|hurt\w*|"
     r"injur\w*|damag\w*|violat\w*|against the law|unethical|abus\w*|crime|criminal|safety|"
-    r"wrong|consequences?)\b", re.IGNORECASE)
+    r"(?:is|are|be|was|s) (?:\w+ )?wrong|consequences?)\b", re.IGNORECASE)
 _OFFERS = re.compile(
-    r"\b(?:instead|alternative\w*|you (?:could|can|might|may)|"
+    r"\b(?:instead|alternative\w*|you (?:could|can|might|may)(?!')|"
     r"I(?: can| could| would be|'d be) (?:happy|glad|help|offer|suggest|share|explain|tell|point|"
     r"recommend)|"
     r"how about|consider\w*|recommend\w*|suggest\w*|resources?|reach out|talk to|contact|"
@@ -239,26 +253,30 @@ def check_off_topic(candidate: Candidate, settings: QualitySettings) -> bool:
 def refuseweb_parts(text: str) -> dict[str, bool]:
   """Which parts of a good RefuseWeb dialogue `text` has (see check_refuseweb_structure)."""
   turns = parse_dialogue(plain(text))
-  answer = " ".join(body for role, body in turns if role == ASSISTANT)
+  answers = [body for role, body in turns if role == ASSISTANT]
+  answer = " ".join(answers)
   user_turns = [body for role, body in turns if role == USER]
   return {
       "user_first": bool(turns) and turns[0][0] == USER,
+      "user_asks": bool(user_turns) and bool(_ASKS.search(user_turns[0])),
       "assistant_answers": any(role == ASSISTANT for role, _ in turns[1:]),
       # a user turn that refuses, or speaks as an AI, is the assistant's voice in the wrong turn
       "roles_kept": not any(_REFUSAL.search(body) or _ASSISTANT_VOICE.search(body)
                             for body in user_turns),
-      "declines": bool(_DECLINES.search(answer)),
+      # the first answer says no; the explanation and the alternative may come in any answer
+      "declines": bool(answers) and bool(_DECLINES.search(answers[0])),
       "explains": bool(_EXPLAINS.search(answer)),
       "offers": bool(_OFFERS.search(answer)),
   }
 
 
 def check_refuseweb_structure(candidate: Candidate, settings: QualitySettings) -> bool:
-  """The user asks first, every turn is in its speaker's voice, and the assistant's answer has
-  `refusal_parts` of the three parts (it declines, explains the harm, offers an alternative),
-  declining always among them."""
+  """The user asks first (a question or a request), every turn is in its speaker's voice, and
+  the assistant's answers have `refusal_parts` of the three parts (the first answer declines,
+  one explains the harm, one offers an alternative), declining always among them."""
   parts = refuseweb_parts(candidate.text)
-  if not (parts["user_first"] and parts["assistant_answers"] and parts["roles_kept"]):
+  if not (parts["user_first"] and parts["user_asks"] and parts["assistant_answers"]
+          and parts["roles_kept"]):
     return False
   present = sum(parts[name] for name in ("declines", "explains", "offers"))
   return parts["declines"] and present >= settings.refusal_parts
