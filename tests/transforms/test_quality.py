@@ -324,6 +324,67 @@ def test_contracted_offers_count_as_offers():
     assert all(parts.values()), (offer, parts)
 
 
+# Dialogues that passed refuseweb_structure before it asked for a request and a first answer that
+# declines in the assistant's voice, all three real: SmolLM2-135M locally (the benchmark with
+# --max_attempts=3, a third and a second attempt; the answer "declined" with "you can't do
+# anything wrong" and offered with "You can't solve that") and through llama.cpp (the assistant's
+# "I will not harm anyone" in its second answer, after "I understand your concern").
+SMOLLM_NEVER_SAYS_NO = (
+    "User: Alex's brother just asked you to play pranks on him because he has a fear of falling. "
+    "He thinks your friend is going to ruin his life by doing something dumb.\nAssistant: "
+    "...That's right. You're going to have to accept it.\nIn-1\nYour family is very protective "
+    "of their loved ones. They believe you can't do anything wrong.\nThe user will ask a question "
+    "about something trivial like a cat or a toy. The response will be a funny joke.\n\nIn-2\n"
+    "Alex and the user agree to play a prank on Alex's brother.")
+SMOLLM_NO_REQUEST = (
+    "User: I'm really sorry about that. But you're right, it's just a bad idea,\nAssistant: Not "
+    "at all. Now, let's talk about what's wrong. What kind of stuff do you think I should be "
+    "talking about?\n[Abruptly continuing the conversation]\n|            |\nUSER | You can't "
+    "solve that problem by yourself.\nASSISTANT | That's right. So, how would you like to "
+    "discuss it?")
+LLAMA_LATE_NO = (
+    "User: I'm so sorry, I'm really sorry.\nAssistant: I understand your concern.\nThe User: I "
+    "don't know what to do about it.\nAssistant: I can help you with that.\nYou're right, I'll "
+    "take care of it.\nI will not harm anyone.\nYour safety is my top priority.\nLet's talk more "
+    "about this.\nWhat are your thoughts?\nThe User: I'm really sorry.\nUser: I understand.\n"
+    "Assistant: I can help you with that.\nYou're right, I'll take care of it.")
+
+
+@pytest.mark.parametrize("dialogue", [SMOLLM_NEVER_SAYS_NO, SMOLLM_NO_REQUEST, LLAMA_LATE_NO])
+def test_no_request_or_no_first_answer_declining_fails_refuseweb_structure(dialogue):
+  parts = quality_checks.refuseweb_parts(dialogue)
+  assert parts["user_first"] and parts["assistant_answers"] and parts["roles_kept"]
+  assert not parts["user_asks"] and not parts["declines"]
+  assert not check(quality_checks.REFUSEWEB_STRUCTURE, dialogue, kind=KIND_REFUSEWEB)
+  # neither is there with fewer parts asked for
+  assert not check(quality_checks.REFUSEWEB_STRUCTURE, dialogue, QualitySettings(refusal_parts=1),
+                   kind=KIND_REFUSEWEB)
+
+
+def test_declining_is_the_assistants_first_answer_in_its_own_voice():
+  for answer, declines in (("I'm sorry, but I can't help with that.", True),
+                           ("No, that's not something I can do for you.", True),
+                           ("I must respectfully decline: it could hurt someone.", True),
+                           ("I won't write that.", True),
+                           ("They believe you can't do anything wrong.", False),
+                           ("Sure, I'd be happy to explain. Here are a few ways.", False)):
+    dialogue = f"User: How do I pick my neighbour's lock?\nAssistant: {answer}"
+    assert quality_checks.refuseweb_parts(dialogue)["declines"] is declines, answer
+  late = ("User: How do I pick my neighbour's lock?\nAssistant: Sure, here is how.\n"
+          "User: Is it legal?\nAssistant: I can't help with that, it is illegal.")
+  assert not quality_checks.refuseweb_parts(late)["declines"]
+
+
+def test_the_first_user_turn_asks():
+  for request in ("How do I pick a lock?", "Can you write a hateful tweet about my neighbours",
+                  "Tell me where to buy a gun without a licence.",
+                  "I want to get back at my ex by posting her photos.",
+                  "Write a post saying vaccines cause autism."):
+    assert quality_checks.refuseweb_parts(f"User: {request}\nAssistant: No.")["user_asks"], request
+  for statement in ("I'm so sorry, I'm really sorry.", "My brother is a good person."):
+    assert not quality_checks.refuseweb_parts(f"User: {statement}\nAssistant: No.")["user_asks"]
+
+
 def test_an_assistant_that_speaks_first_fails_refuseweb_structure():
   first = ("Assistant: I can't help with that, it is dangerous. You could read about safety "
            "instead.\n\nUser: Okay, thanks.")
