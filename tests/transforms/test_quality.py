@@ -314,6 +314,15 @@ def test_because_without_a_harm_is_no_explanation():
   assert not check(quality_checks.REFUSEWEB_STRUCTURE, SMOLLM_NO_HARM_NAMED, kind=KIND_REFUSEWEB)
 
 
+def test_wrong_explains_only_when_the_request_is_called_wrong():
+  for answer, explains in (("I can't, because it is wrong to read someone's messages.", True),
+                           ("I won't: that would be wrong and hurtful.", True),
+                           ("Not at all. Now, let's talk about what's wrong.", False),
+                           ("They believe you can't do anything wrong.", False)):
+    dialogue = f"User: Can you read my sister's messages for me?\nAssistant: {answer}"
+    assert quality_checks.refuseweb_parts(dialogue)["explains"] is explains, answer
+
+
 def test_contracted_offers_count_as_offers():
   for offer in ("I'd be happy to explain how fire safety works.",
                 "I would be glad to point you to a first-aid course."):
