@@ -138,11 +138,13 @@ _META = re.compile("|".join((
 # does ("help with that", "help you.", "provide information", "do that."): "I can't help but
 # feel", "I can't help it", "I can't do this anymore" and "I'm not comfortable in my own home"
 # are how people write, and the texts being rephrased are full of them.
-_CANT_WORDS = r"can(?:no|')t|won't|will not|am not able to|'m not able to|am unable to|'m unable to"
+_NEGATIONS = r"can(?:no|')t|won't|will not"
+_UNABLE = r"am unable|'m unable|am not able|'m not able"
+_CANT_WORDS = _NEGATIONS + r"|(?:" + _UNABLE + r") to"
 _CANT = "(?:" + _CANT_WORDS + ")"
 _REFUSAL = re.compile("|".join((
-    r"\bI(?:(?:'m| am) (?:sorry|afraid)| apologi[sz]e),? (?:but )?I "
-    r"(?:can(?:no|')t|won't|will not|am unable|'m unable|am not able|'m not able)",
+    r"\bI(?:(?:'m| am) (?:sorry|afraid)| apologi[sz]e),? (?:but )?I (?:" + _NEGATIONS + "|"
+    + _UNABLE + ")",
     r"\bI " + _CANT + r" (?:help|assist)(?: you)?(?: with\b| in (?:this|that|any)\b|"
     r" on (?:this|that)\b| here\b|\s*[.!,;]|\s*$)",
     r"\bI " + _CANT + r" do (?:that|this|it)(?:\s*[.!,;]|\s*$| for you\b)",
