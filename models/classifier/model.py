@@ -150,6 +150,19 @@ def trainable_state(classifier: SafetyClassifier) -> dict[str, torch.Tensor]:
   return state
 
 
+def load_trainable(classifier: SafetyClassifier, state: dict[str, torch.Tensor]) -> None:
+  """Puts `trainable_state`'s tensors back (the head, and the adapters of a peft encoder)."""
+  classifier.head.load_state_dict(
+      {k[len("head."):]: v for k, v in state.items() if k.startswith("head.")})
+  adapter_state = {k[len("adapter."):]: v for k, v in state.items() if k.startswith("adapter.")}
+  if adapter_state:
+    from peft import set_peft_model_state_dict
+    result = set_peft_model_state_dict(classifier.encoder, adapter_state)
+    unexpected = getattr(result, "unexpected_keys", [])
+    if unexpected:
+      raise ValueError(f"adapter tensors the encoder does not have: {unexpected[:3]}")
+
+
 def save_weights(classifier: SafetyClassifier, config: dict, weights_file: str = WEIGHTS_FILE,
                  config_file: str = CONFIG_FILE) -> None:
   """Writes the trained head (+ adapters) as safetensors and the settings as JSON."""

@@ -36,18 +36,27 @@ import typing
 import numpy as np
 import torch
 
-from models.classifier import NUM_CLASSES, chunking, data, features, model
+from models.classifier import (NUM_CLASSES, checkpoints, chunking, data, features, model,
+                               sampling)
 
 LOG = logging.getLogger("models.classifier.train")
 
 
-def training_windows(examples, windower: chunking.Windower, max_windows: int):
-  """(window ids, score) pairs; long texts give up to `max_windows` evenly spaced windows."""
-  windows = []
-  for example, text_windows in zip(
-      examples, windower.windows([e.text for e in examples])):
-    windows.extend((w, example.score) for w in features.pick_windows(text_windows, max_windows))
-  return windows
+def training_windows(examples, windower: chunking.Windower, max_windows: int,
+                     with_owners: bool = False):
+  """(window ids, score) pairs; long texts give up to `max_windows` evenly spaced windows.
+
+  With `with_owners`, also the index into `examples` of each window's text.
+  """
+  windows, owners = [], []
+  for start in range(0, len(examples), 2048):  # bounded memory for the tokenizer's id lists
+    chunk = examples[start:start + 2048]
+    for offset, (example, text_windows) in enumerate(
+        zip(chunk, windower.windows([e.text for e in chunk]))):
+      picked = features.pick_windows(text_windows, max_windows)
+      windows.extend((w, example.score) for w in picked)
+      owners.extend([start + offset] * len(picked))
+  return (windows, owners) if with_owners else windows
 
 
 def length_bucketed_batches(windows, batch_size: int, seed: int):
@@ -101,17 +110,30 @@ def train(args) -> dict:
   train_examples, dev_examples = data.split(examples)
   if args.limit:
     train_examples = train_examples[:args.limit]
+  labels_digest = data.labels_sha256(args.labels)
   started = time.time()
   classifier, adapters = model.with_adapters(feature_layers(args), args.head_hidden,
                                              args.head_dropout, args.adapters)
+  run: dict = {}
   if args.frozen:
+    if args.augment or args.balanced_sampling is not None or args.checkpoint_dir:
+      raise SystemExit("--augment, --balanced_sampling and --checkpoint_dir train the adapters; "
+                       "drop them with --frozen")
     windows = train_head(classifier, examples, train_examples, args)
   else:
+    if args.augment:
+      from models.classifier import augment
+      extra = augment.generate(args.augment, args.augment_seed)
+      LOG.info("%d templated texts added (%s)", len(extra), ", ".join(
+          f"{s} {n}" for s, n in sorted(collections.Counter(e.source for e in extra).items())))
+      train_examples = train_examples + extra
     windower = chunking.Windower(args.window, args.overlap)
-    windows = training_windows(train_examples, windower, args.max_windows_per_text)
+    windows, owners = training_windows(train_examples, windower, args.max_windows_per_text,
+                                       with_owners=True)
     LOG.info("%d training texts -> %d windows (%d dev texts held out)",
              len(train_examples), len(windows), len(dev_examples))
-    _train_with_adapters(classifier, windows, args)
+    run = _train_with_adapters(classifier, windows, owners, train_examples, args, labels_digest)
+    started -= run.pop("previous_seconds", 0.0)  # the time of the runs it resumed from
     windows = len(windows)
   classifier.unsafe_bias = args.unsafe_bias  # the threshold, applied in the graph
   classifier.eval()
@@ -132,6 +154,10 @@ def train(args) -> dict:
       "source_balance": args.source_balance,
       "source_weight": list(args.source_weight),
       "max_windows_per_text": args.max_windows_per_text,
+      "balanced_sampling": args.balanced_sampling,
+      "augment": args.augment,
+      "augment_share": args.augment_share if args.augment else 0.0,
+      "augment_seed": args.augment_seed,
       "feature_layers": list(classifier.feature_layers),
       "head_hidden": args.head_hidden,
       "head_dropout": args.head_dropout,
@@ -139,8 +165,9 @@ def train(args) -> dict:
       "seed": args.seed,
       "train_texts": len(train_examples),
       "train_windows": windows,
-      "labels_sha256": data.labels_sha256(args.labels),
+      "labels_sha256": labels_digest,
       "train_seconds": round(time.time() - started),
+      **run,
   }
   if args.adapters:
     # the run that trained the adapters (carried over when they pass through several runs)
@@ -154,41 +181,120 @@ def train(args) -> dict:
   return config
 
 
-def _train_with_adapters(classifier, windows, args) -> None:
-  """LoRA adapters on the encoder and the head, trained together in bf16 autocast."""
+# The settings a checkpoint must share with the run that resumes from it.
+PLAN_KEYS = ("epochs", "batch_size", "lr", "head_lr", "weight_decay", "lora_rank", "lora_alpha",
+             "lora_dropout", "unsafe_weight", "source_balance", "source_weight",
+             "balanced_sampling", "augment", "augment_share", "augment_seed",
+             "max_windows_per_text", "window", "overlap", "feature_layers", "head_hidden",
+             "head_dropout", "precision", "seed", "limit", "adapters", "checkpoints_per_epoch")
+
+
+def _sampling_plan(windows, owners, examples, args):
+  """(per-window loss weights, per-window draw probabilities or None, the shares recorded)."""
+  if args.balanced_sampling is None:
+    weights = text_weights(examples, args.source_balance, args.source_weight)
+    return np.asarray(weights)[np.asarray(owners, dtype=np.int64)], None, {}
+  if args.source_balance:
+    raise SystemExit("--source_balance weighs the loss and --balanced_sampling draws sources "
+                     "in balance: choose one")
+  sources = [examples[o].source for o in owners]
+  fixed = [("augment_*", args.augment_share)] if args.augment else []
+  shares = sampling.source_shares(sources, args.balanced_sampling,
+                                  sampling.parse_factors(args.source_weight), fixed)
+  LOG.info("sampling shares: %s", ", ".join(
+      f"{s} {v:.3f}" for s, v in sorted(shares.items(), key=lambda kv: -kv[1])))
+  return (np.ones(len(windows), dtype=np.float32),
+          sampling.window_probabilities(sources, shares),
+          {s: round(v, 5) for s, v in sorted(shares.items())})
+
+
+def _epoch_batches(windows, probabilities, epoch: int, args) -> list[list[int]]:
+  """The epoch's batches of window indices: a shuffle of every window, or the sampler's draws;
+  both follow from (seed, epoch) alone, so a resumed run rebuilds them."""
+  if probabilities is None:
+    return [list(b) for b in length_bucketed_batches(windows, args.batch_size, args.seed + epoch)]
+  draws = sampling.epoch_draws(probabilities, args.seed, epoch)
+  return [[int(draws[j]) for j in b] for b in length_bucketed_batches(
+      [windows[i] for i in draws], args.batch_size, args.seed + epoch)]
+
+
+def _train_with_adapters(classifier, windows, owners, examples, args, labels_digest: str) -> dict:
+  """LoRA adapters on the encoder and the head, trained together in bf16 autocast.
+
+  With `--checkpoint_dir`, writes a checkpoint `--checkpoints_per_epoch` times an epoch and
+  (`--resume`) starts from the newest one there. Returns what classifier.json records of the
+  run.
+  """
   model.add_adapters(classifier, args.lora_rank, args.lora_alpha, args.lora_dropout)
   adapter_params = [p for p in classifier.encoder.parameters() if p.requires_grad]
   optimizer = torch.optim.AdamW([
       {"params": adapter_params, "lr": args.lr},
       {"params": classifier.head.parameters(), "lr": args.head_lr},
   ], weight_decay=args.weight_decay)
-  loss_fn = torch.nn.CrossEntropyLoss(weight=class_weights(args.unsafe_weight))
-  total_steps = math.ceil(len(windows) / args.batch_size) * args.epochs
+  class_weight = class_weights(args.unsafe_weight)
+  window_weight, probabilities, shares = _sampling_plan(windows, owners, examples, args)
+  per_epoch = math.ceil(len(windows) / args.batch_size)
+  total_steps = per_epoch * args.epochs
   warmup = max(1, int(0.05 * total_steps))
   scheduler = torch.optim.lr_scheduler.LambdaLR(
       optimizer, lambda step: min((step + 1) / warmup,
                                   0.5 * (1 + math.cos(math.pi * min(step / total_steps, 1.0)))))
+  marks = {round(per_epoch * k / args.checkpoints_per_epoch)
+           for k in range(1, args.checkpoints_per_epoch + 1)} if args.checkpoint_dir else set()
+  plan = {k: getattr(args, k) for k in PLAN_KEYS}
+  plan.update(labels_sha256=labels_digest, train_windows=len(windows), train_texts=len(examples))
+  step, seen_tokens, previous_seconds = 0, 0, 0.0
+  if args.resume and args.checkpoint_dir and checkpoints.latest(args.checkpoint_dir):
+    path = checkpoints.latest(args.checkpoint_dir)
+    state = checkpoints.load(path, plan)
+    model.load_trainable(classifier, state["trainable"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    step, seen_tokens, previous_seconds = state["step"], state["seen_tokens"], state["seconds"]
+    LOG.info("resumed from %s: step %d/%d", path, step, total_steps)
+  elif args.resume:
+    LOG.info("no checkpoint in %r: starting from step 0", args.checkpoint_dir)
+  stop_at = min(total_steps, args.max_steps) if args.max_steps else total_steps
   use_bf16 = args.precision == "bf16"
-  step, started, seen_tokens = 0, time.time(), 0
+  started, start_step, start_tokens = time.time(), step, seen_tokens
   classifier.train()
-  for epoch in range(args.epochs):
-    for batch in length_bucketed_batches(windows, args.batch_size, args.seed + epoch):
+  while step < stop_at:
+    epoch, position = divmod(step, per_epoch)
+    batches = _epoch_batches(windows, probabilities, epoch, args)
+    for batch in batches[position:]:
       ids, mask = model.pad_batch([windows[i][0] for i in batch], multiple=32)
       labels = torch.tensor([windows[i][1] for i in batch])
       with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
         logits = classifier(ids, mask)
-      loss = loss_fn(logits.float(), labels)
+      losses = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="none")
+      weight = torch.from_numpy(window_weight[batch]) * class_weight[labels]
+      loss = (losses * weight).sum() / weight.sum()
       optimizer.zero_grad(set_to_none=True)
       loss.backward()
       torch.nn.utils.clip_grad_norm_(classifier.parameters(), 1.0)
       optimizer.step()
       scheduler.step()
       step += 1
+      position += 1
       seen_tokens += int(mask.sum())
       if step % args.log_every == 0 or step == total_steps:
         elapsed = time.time() - started
-        LOG.info("epoch %d step %d/%d loss %.4f  %.0f tokens/s  %.0f s", epoch + 1, step,
-                 total_steps, loss.item(), seen_tokens / elapsed, elapsed)
+        LOG.info("epoch %d step %d/%d loss %.4f  %.0f tokens/s  %.0f s, %.0f s left", epoch + 1,
+                 step, total_steps, loss.item(), (seen_tokens - start_tokens) / elapsed, elapsed,
+                 (total_steps - step) * elapsed / (step - start_step))
+      if position in marks or (step == stop_at and args.checkpoint_dir):
+        path = checkpoints.save(args.checkpoint_dir, step, {
+            "plan": plan, "trainable": model.trainable_state(classifier),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "epoch": epoch, "position": position, "seen_tokens": seen_tokens,
+            "seconds": previous_seconds + time.time() - started})
+        LOG.info("checkpoint %s (epoch %d, %d/%d batches)", path, epoch + 1, position, per_epoch)
+      if step >= stop_at:
+        break
+  return {"steps": step, "total_steps": total_steps, "resumed_at_step": start_step,
+          "samples_per_epoch": len(windows),
+          "train_tokens_seen": seen_tokens, "sampling_shares": shares,
+          "previous_seconds": previous_seconds}
 
 
 def feature_layers(args) -> tuple[int, ...]:
@@ -302,6 +408,30 @@ def build_parser() -> argparse.ArgumentParser:
                       help="evenly spaced windows taken from a long training text")
   parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16",
                       help="autocast precision of the forward pass")
+  parser.add_argument("--balanced_sampling", type=float, default=None, metavar="EXPONENT",
+                      help="adapters: draw each epoch's windows (as many as there are, with "
+                           "replacement) so that a source of n windows gets a share of "
+                           "n**EXPONENT (1: as in the data, 0: every source alike), times its "
+                           "--source_weight factor (default: every window once, shuffled)")
+  parser.add_argument("--augment", type=int, default=0, metavar="N",
+                      help="adapters: add N templated counter-examples (models/classifier/"
+                           "augment.py) to the training texts, one source per functionality")
+  parser.add_argument("--augment_share", type=float, default=0.03,
+                      help="with --augment and --balanced_sampling: the share of the draws "
+                           "that the templated sources get together")
+  parser.add_argument("--augment_seed", type=int, default=24, help="seed of --augment's texts")
+  parser.add_argument("--checkpoint_dir", default="",
+                      help="adapters: write a checkpoint (adapters, head, optimizer, schedule, "
+                           "sampler position, random states) here --checkpoints_per_epoch times "
+                           "an epoch")
+  parser.add_argument("--checkpoints_per_epoch", type=int, default=4,
+                      help="checkpoints per epoch with --checkpoint_dir")
+  parser.add_argument("--resume", action="store_true",
+                      help="go on from the newest checkpoint in --checkpoint_dir (from the start "
+                           "when there is none); the settings must be the same")
+  parser.add_argument("--max_steps", type=int, default=0,
+                      help="stop after this many steps in all (a checkpoint is written there), "
+                           "e.g. to split a run across sessions; 0: the whole run")
   parser.add_argument("--limit", type=int, default=0, help="train on the first N texts only")
   parser.add_argument("--seed", type=int, default=20250423, help="seed of order and init")
   parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
