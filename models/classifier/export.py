@@ -14,7 +14,8 @@ named by a fingerprint of the weights and the library versions, where the pipeli
 
 Beside the graphs goes the `tokenizer.json` the model windows text with, so that the folder is
 all a worker needs (`models.classifier.artifacts`): workers have no encoder package and no
-torch, and never run this module.
+torch, and never run this module. And `model.json`, `{"max_positions": N}`: the longest window
+the graph takes, which the launch checks `--window` against without downloading the model.
 """
 
 from __future__ import annotations
@@ -29,8 +30,10 @@ import tempfile
 
 from models.cache import cache_root
 from models.classifier import model
-from models.classifier.folder import FP32_NAME, INT8_NAME, TOKENIZER_NAME
+from models.classifier.folder import (FP32_NAME, INT8_NAME, MAX_POSITIONS, METADATA_NAME,
+                                     TOKENIZER_NAME, window_error)
 from models.classifier.chunking import encoder_dir
+from models.tool_logs import build_step, quiet_tools
 
 LOG = logging.getLogger("models.classifier.export")
 
@@ -60,13 +63,44 @@ def fingerprint(weights_file: str = model.WEIGHTS_FILE, config_file: str = model
 
 
 def export(weights_file: str, config_file: str, output_dir: str) -> dict[str, str]:
-  """Writes model.onnx (fp32, fused), model.int8.onnx and the encoder's tokenizer.json into
-  output_dir: a model folder as workers read it. Returns the three paths."""
+  """Writes model.onnx (fp32, fused), model.int8.onnx, the encoder's tokenizer.json and
+  model.json into output_dir: a model folder as workers read it. Returns the paths."""
   classifier = model.load_classifier(weights_file, config_file)
   paths = export_graph(model.ScoringModel(classifier).eval(), classifier.encoder.config,
                        output_dir, output_name=(PROBS, EMBEDDING))
   paths["tokenizer"] = add_tokenizer(output_dir)
+  paths["metadata"] = add_metadata(output_dir, classifier.encoder.config)
   return paths
+
+
+def graph_positions(config, onnx_path: str) -> int:
+  """The longest window the exported graph takes: the config's max_position_embeddings, or
+  that less the padding offset of the RoBERTa family (whose positions start after
+  pad_token_id), whichever the graph is seen to run."""
+  declared = config.max_position_embeddings
+  offset = (getattr(config, "pad_token_id", None) or 0) + 1
+  for length in (declared, declared - offset):
+    if window_error(onnx_path, length) is None:
+      return length
+  raise SystemExit(f"{onnx_path} runs no window of {declared} or {declared - offset} tokens "
+                   f"(its config's max_position_embeddings): {window_error(onnx_path, declared)}")
+
+
+def add_metadata(folder: str, config) -> str:
+  """Writes model.json ({"max_positions": N}, `graph_positions` of the folder's fp32 graph)
+  into `folder`, through a temporary name and a rename; returns its path."""
+  positions = graph_positions(config, os.path.join(folder, FP32_NAME))
+  target = os.path.join(folder, METADATA_NAME)
+  handle, partial = tempfile.mkstemp(prefix=f".{METADATA_NAME}.", suffix=".part", dir=folder)
+  try:
+    with os.fdopen(handle, "w", encoding="utf-8") as f:
+      json.dump({MAX_POSITIONS: positions}, f, sort_keys=True)
+    os.chmod(partial, 0o644)
+    os.replace(partial, target)
+  finally:
+    if os.path.exists(partial):
+      os.unlink(partial)
+  return target
 
 
 def add_tokenizer(folder: str, source: str | None = None) -> str:
@@ -88,8 +122,8 @@ def add_tokenizer(folder: str, source: str | None = None) -> str:
 
 def export_hf(hf_model: str, output_dir: str) -> dict[str, str]:
   """Exports a local Hugging Face sequence-classification checkpoint with 6 labels (scores 0-5,
-  label i = score i) to the pipeline's contract: model.onnx, model.int8.onnx and the
-  checkpoint's tokenizer.json, which the pipeline then windows with."""
+  label i = score i) to the pipeline's contract: model.onnx, model.int8.onnx, the
+  checkpoint's tokenizer.json, which the pipeline then windows with, and model.json."""
   import torch
   from transformers import AutoModelForSequenceClassification
 
@@ -115,6 +149,7 @@ def export_hf(hf_model: str, output_dir: str) -> dict[str, str]:
                      "AutoTokenizer.from_pretrained(...).save_pretrained(DIR)")
   paths = export_graph(HfProbabilities(classifier).eval(), classifier.config, output_dir)
   paths["tokenizer"] = add_tokenizer(output_dir, tokenizer)
+  paths["metadata"] = add_metadata(output_dir, classifier.config)
   return paths
 
 
@@ -197,17 +232,22 @@ def ensure_exported(weights_file: str = model.WEIGHTS_FILE,
   alone imports torch and transformers."""
   folder = os.path.join(cache_root(), "classifier", fingerprint(weights_file, config_file))
   paths = {"fp32": os.path.join(folder, FP32_NAME), "int8": os.path.join(folder, INT8_NAME),
-           "tokenizer": os.path.join(folder, TOKENIZER_NAME)}
+           "tokenizer": os.path.join(folder, TOKENIZER_NAME),
+           "metadata": os.path.join(folder, METADATA_NAME)}
   if all(os.path.exists(paths[p]) for p in ("fp32", "int8")):
-    # A folder exported before the tokenizer went beside the graphs gets it now; the tokenizer
-    # comes from the same pinned encoder package as the encoder weights the fingerprint covers.
+    # A folder exported before the tokenizer (or model.json) went beside the graphs gets it
+    # now; both come from the same pinned encoder package the fingerprint covers.
     if not os.path.exists(paths["tokenizer"]):
       add_tokenizer(folder)
+    if not os.path.exists(paths["metadata"]):
+      from transformers import AutoConfig
+      add_metadata(folder, AutoConfig.from_pretrained(encoder_dir()))
     return paths
   os.makedirs(os.path.dirname(folder), exist_ok=True)
   staging = tempfile.mkdtemp(prefix=".export-", dir=os.path.dirname(folder))
   try:
-    export(weights_file, config_file, staging)
+    with build_step("the classifier model folder"):
+      export(weights_file, config_file, staging)
     try:
       os.rename(staging, folder)
     except OSError:
@@ -238,22 +278,26 @@ def build_parser() -> argparse.ArgumentParser:
                            "with 6 labels (e.g. a released safety classifier), exported to the "
                            "same contract; needs --output_dir")
   parser.add_argument("--output_dir", default=None,
-                      help="model folder for model.onnx, model.int8.onnx and tokenizer.json "
-                           "(default: the cache folder that the pipeline reads); pass it as "
-                           "--classifier_model")
+                      help="model folder for model.onnx, model.int8.onnx, tokenizer.json and "
+                           "model.json (default: the cache folder that the pipeline reads); pass "
+                           "it as --classifier_model")
   return parser
 
 
 def main(argv=None):
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+  # The tools log every fused operator and quantized tensor at INFO; a build step is one line.
+  quiet_tools()
+  logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
   args = build_parser().parse_args(argv)
   config = args.config or os.path.join(os.path.dirname(args.weights), "classifier.json")
   if args.hf_model:
     if not args.output_dir:
       raise SystemExit("--hf_model needs --output_dir")
-    paths = export_hf(args.hf_model, args.output_dir)
+    with build_step(f"the model folder {args.output_dir}", once=False):
+      paths = export_hf(args.hf_model, args.output_dir)
   elif args.output_dir:
-    paths = export(args.weights, config, args.output_dir)
+    with build_step(f"the classifier model folder {args.output_dir}", once=False):
+      paths = export(args.weights, config, args.output_dir)
   else:
     paths = ensure_exported(args.weights, config)
   print(json.dumps(paths, indent=2))

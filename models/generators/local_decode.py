@@ -18,6 +18,7 @@ import typing
 from collections.abc import Callable, Sequence
 
 from models.generators.prompts import chat_messages, defuse_control_tokens
+from models.tool_logs import quiet_tools
 
 DEVICES = ("cpu", "cuda", "auto")
 
@@ -75,6 +76,7 @@ def load_generator(folder: str, device: str = "cpu", random_weights: bool = Fals
   `random_weights`: only the folder's config.json and tokenizer are read, and the weights are
   initialized at random (seeded by `seed`), for throughput figures where no weights can travel.
   """
+  quiet_tools()  # before transformers is imported: no weight-loading bar per loaded model
   import torch
   from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
