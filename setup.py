@@ -44,7 +44,9 @@ LOCAL = [
 EXTRAS = {
     "local": LOCAL,
     "tf": ["tensorflow==2.21.0", "tensorflow-text==2.21.1"],
-    "gcp": ["apache-beam[gcp]==2.77.0"],
+    # gs:// paths, Dataflow, and Secret Manager (--openai_api_key_secret, read on the workers;
+    # apache-beam[gcp] 2.77 asks for google-cloud-secret-manager>=2.0,<3 too).
+    "gcp": ["apache-beam[gcp]==2.77.0", "google-cloud-secret-manager>=2.32,<3"],
     # --generator=vllm needs `vllm` on the GPU workers. It is no extra here: pip finds no
     # resolution of vllm 0.29-0.33 beside apache-beam 2.77 and these pins (Pillow and NumPy
     # bounds), so GPU workers run a container built for vLLM (see the README).
@@ -56,6 +58,7 @@ EXTRAS = {
         # gs:// paths (Beam's Cloud Storage filesystem, google-cloud-storage) and the Cloud
         # Storage emulator the reliability tests run on 127.0.0.1.
         "apache-beam[gcp]==2.77.0",
+        "google-cloud-secret-manager>=2.32,<3",
         "gcp-storage-emulator==2026.7.19",
     ],
 }

@@ -16,7 +16,14 @@ handler holds only the variable's name, so the key is in no pickled pipeline, lo
 Nothing copies the submitting shell's variables to Dataflow or Flink workers, so a variable
 that is not set where the model loads fails `load_model` with one error that says so, rather
 than sending every request with no key and dead-lettering the corpus as 401s. A server without
-authentication (vLLM, llama.cpp by default) is named explicitly: `api_key_env="none"`.
+authentication (vLLM, llama.cpp by default) is named explicitly: `api_key_env="none"`. Or the key
+is a Secret Manager secret version (`api_key_secret`), read in `load_model` with Beam's
+`GcpSecret` and the worker's credentials, so no image or environment holds it; the handler
+holds only the version's name.
+
+The tokens each reply took (the server's `usage.completion_tokens`) are counted in the bundle's
+thread after the batch's requests are done: Beam's metrics container is thread-local, and a
+counter incremented in a request thread is lost.
 
 A prompt ending with an assistant message asks the server to continue that message (`prefill`):
 `continue` sends vLLM's `continue_final_message` request fields; `none` drops the opening and
@@ -31,6 +38,7 @@ local backend does.
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import logging
 import os
 import re
@@ -60,8 +68,19 @@ CONTINUE_FINAL_MESSAGE = {"continue_final_message": True, "add_generation_prompt
 _LOG = logging.getLogger(__name__)
 
 
+# A Secret Manager secret version, as Beam's GcpSecret takes it.
+SECRET_VERSION = re.compile(r"projects/[^/\s]+/secrets/[^/\s]+/versions/[^/\s]+")
+# Secret Manager's client logs each response's payload (the secret) in its DEBUG records.
+_SECRET_CLIENT_LOGGER = "google.cloud.secretmanager_v1"
+
+
 class MissingApiKeyError(RuntimeError):
   """The environment variable that should hold the API key is not set where the model loads."""
+
+
+class ApiKeySecretError(RuntimeError):
+  """The Secret Manager secret that should hold the API key cannot be read where the model
+  loads, or is empty."""
 
 
 def api_key_from_env(api_key_env: str) -> str:
@@ -78,6 +97,37 @@ def api_key_from_env(api_key_env: str) -> str:
         "environment, Dataflow worker start-up), or pass --openai_api_key_env=none for a "
         "server that needs no key.")
   return key
+
+
+def api_key_from_secret(version_name: str) -> str:
+  """The API key in the Secret Manager secret version `version_name` (surrounding whitespace
+  dropped), read with Beam's `GcpSecret` and the process's Google credentials, or
+  ApiKeySecretError naming the version (never the key) and what the worker needs."""
+  from apache_beam.utils.secret import GcpSecret
+
+  # Its DEBUG records would carry the key: a level of its own, at least INFO, also keeps
+  # GOOGLE_SDK_PYTHON_LOGGING_SCOPE from turning them on when the client is made.
+  payload_log = logging.getLogger(_SECRET_CLIENT_LOGGER)
+  if payload_log.level < logging.INFO:
+    payload_log.setLevel(max(logging.INFO, payload_log.getEffectiveLevel()))
+  try:
+    key = GcpSecret(version_name).get_str().strip()
+  except Exception as error:  # pylint: disable=broad-except
+    raise ApiKeySecretError(
+        f"Cannot read the API key secret {version_name} (--openai_api_key_secret) on this "
+        f"worker (process {os.getpid()}): {error}. The worker needs google-cloud-secret-manager "
+        "(the gcp extra) and a service account with roles/secretmanager.secretAccessor on the "
+        "secret.") from error
+  if not key:
+    raise ApiKeySecretError(
+        f"The API key secret {version_name} (--openai_api_key_secret) is empty.")
+  return key
+
+
+class _Reply(typing.NamedTuple):
+  """A request's Generation and the tokens the server says the reply took (0: unknown)."""
+  generation: Generation
+  tokens: int = 0
 
 
 def _squashed(text: str) -> str:
@@ -124,6 +174,34 @@ def completion_generation(response: typing.Any, opening: str) -> Generation:
   if not text.strip():  # the opening alone is no reply: an empty generation, retried as one
     return Generation("", finish_reason=finish)
   return Generation(join_reply(opening, text), finish_reason=finish)
+
+
+def status_error_detail(status: int, body: typing.Any, reason_phrase: str = "") -> str:
+  """A failed request's detail: `HTTP <status>: <the server's own message>`.
+
+  The message comes from the error body the server sent (`error.body`, JSON parsed by the
+  client): OpenAI's and llama.cpp's `{"error": {"message"}}`, vLLM's `{"message"}`, TGI's
+  `{"error": "..."}`, FastAPI's `{"detail"}`; a body with none of these is kept as JSON text.
+  Not the client's exception text: openai < 3 writes the whole body there as a Python repr
+  (`Error code: 400 - {'error': {...}}`), openai 3 drops a body that has no `message`.
+  """
+  message = _error_message(body)
+  if not message and isinstance(body, (Mapping, list)) and body:
+    message = json.dumps(body, sort_keys=True, ensure_ascii=False)
+  message = " ".join((message or reason_phrase or "").split())
+  return f"HTTP {status}: {message[:300]}" if message else f"HTTP {status}"
+
+
+def _error_message(body: typing.Any) -> str:
+  """The human message of an error body, or "" when it names none."""
+  if isinstance(body, str):
+    return body.strip()
+  if isinstance(body, Mapping):
+    for field in ("message", "error", "detail"):
+      message = _error_message(body.get(field))
+      if message:
+        return message
+  return ""
 
 
 class Prefill:
@@ -181,6 +259,7 @@ class OpenAIEndpointHandler(ChatBackend):
       base_url: str,
       model: str,
       api_key_env: str = DEFAULT_API_KEY_ENV,
+      api_key_secret: str | None = None,
       max_in_flight: int = 8,
       timeout_s: float = 120.0,
       max_new_tokens: int = 256,
@@ -197,9 +276,18 @@ class OpenAIEndpointHandler(ChatBackend):
       raise ValueError(f"prefill must be one of {PREFILL_MODES}, got {prefill!r}")
     if not api_key_env:
       raise ValueError("api_key_env names the API key variable, or is 'none' for no key.")
+    if api_key_secret and not SECRET_VERSION.fullmatch(api_key_secret):
+      raise ValueError(
+          "--openai_api_key_secret names a Secret Manager secret version, "
+          f"projects/PROJECT/secrets/SECRET/versions/VERSION; got {api_key_secret!r}")
+    if api_key_secret and api_key_env != DEFAULT_API_KEY_ENV:
+      raise ValueError(
+          f"--openai_api_key_secret and --openai_api_key_env={api_key_env} both say where the "
+          "API key is: give one (the secret replaces the variable).")
     self._base_url = base_url
     self._model = model
     self._api_key_env = api_key_env
+    self._api_key_secret = api_key_secret or None
     self._max_in_flight = max(1, max_in_flight)
     self._timeout_s = timeout_s
     self._max_new_tokens = max_new_tokens
@@ -215,7 +303,8 @@ class OpenAIEndpointHandler(ChatBackend):
   def from_options(cls, options) -> "OpenAIEndpointHandler":
     return cls(
         base_url=options.openai_base_url, model=options.openai_model,
-        api_key_env=options.openai_api_key_env, max_in_flight=options.max_in_flight,
+        api_key_env=options.openai_api_key_env,
+        api_key_secret=options.openai_api_key_secret, max_in_flight=options.max_in_flight,
         timeout_s=options.request_timeout_s, prefill=options.openai_prefill,
         **sampling_options(options))
 
@@ -230,7 +319,8 @@ class OpenAIEndpointHandler(ChatBackend):
     """An `openai.OpenAI` client of `base_url` with this handler's key and timeout, and no
     retries of its own (RetryingGenerator retries, counting attempts)."""
     from openai import OpenAI
-    api_key = api_key_from_env(self._api_key_env)
+    api_key = (api_key_from_secret(self._api_key_secret) if self._api_key_secret
+               else api_key_from_env(self._api_key_env))
     return OpenAI(base_url=base_url, api_key=api_key, timeout=self._timeout_s, max_retries=0)
 
   def connect(self, base_url: str) -> Endpoint:
@@ -247,31 +337,36 @@ class OpenAIEndpointHandler(ChatBackend):
       inference_args: dict[str, typing.Any] | None = None) -> Iterable[PredictionResult]:
     attempt, args = split_attempt(inference_args)
     futures = [model.pool.submit(self._request, model, prompt, attempt, args) for prompt in batch]
-    return [PredictionResult(prompt, future.result()) for prompt, future in zip(batch, futures)]
+    replies = [future.result() for future in futures]
+    tokens = sum(reply.tokens for reply in replies)
+    if tokens:  # here, in the bundle's thread: the request threads have no metrics container
+      self._generated_tokens.inc(tokens)
+    return [PredictionResult(prompt, reply.generation) for prompt, reply in zip(batch, replies)]
 
   def _request(
       self, endpoint: Endpoint, prompt: Prompt, attempt: int,
-      args: dict[str, typing.Any]) -> Generation:
+      args: dict[str, typing.Any]) -> _Reply:
     """One prompt's request; with prefill `auto` still undecided, a 4xx to a request that
     carried the prefill fields is tried once more without them, which settles the question."""
     prefill = endpoint.prefill
     opening = reply_opening(chat_messages(prompt))
     with_fields = bool(opening) and prefill.sends_fields
-    generation = self._send(endpoint.client, prompt, attempt, args, with_fields)
+    reply = self._send(endpoint.client, prompt, attempt, args, with_fields)
+    generation = reply.generation
     if not (with_fields and prefill.undecided):
-      return generation
+      return reply
     if not generation.error:
       prefill.settle(accepted=True)
     elif generation.error == REQUEST_REJECTED:
       plain = self._send(endpoint.client, prompt, attempt, args, prefill_fields=False)
-      if not plain.error:
+      if not plain.generation.error:
         prefill.settle(accepted=False, detail=generation.detail)
         return plain
-    return generation
+    return reply
 
   def _send(
       self, client: typing.Any, prompt: Prompt, attempt: int, args: dict[str, typing.Any],
-      prefill_fields: bool) -> Generation:
+      prefill_fields: bool) -> _Reply:
     import openai
 
     messages = [dict(m, content=defuse_control_tokens(m["content"]))
@@ -294,21 +389,23 @@ class OpenAIEndpointHandler(ChatBackend):
     try:
       response = client.chat.completions.create(**settings)
     except openai.APITimeoutError:
-      return Generation("", TIMEOUT, f"no reply within {self._timeout_s:g} s")
+      return _Reply(Generation("", TIMEOUT, f"no reply within {self._timeout_s:g} s"))
     except openai.APIStatusError as error:
-      return Generation("", http_error_reason(error.status_code),
-                        f"HTTP {error.status_code}: {str(error)[:300]}", status=error.status_code)
+      detail = status_error_detail(error.status_code, error.body,
+                                   getattr(error.response, "reason_phrase", ""))
+      return _Reply(Generation("", http_error_reason(error.status_code), detail,
+                               status=error.status_code))
     except openai.APIConnectionError as error:
-      return Generation("", CONNECTION_ERROR, f"{type(error).__name__}: {str(error)[:200]}")
+      return _Reply(Generation(
+          "", CONNECTION_ERROR, f"{type(error).__name__}: {str(error)[:200]}"))
     except Exception as error:  # pylint: disable=broad-except
       # An unparseable body (e.g. not JSON) fails inside the client: the response is malformed.
-      return Generation("", MALFORMED_RESPONSE, f"{type(error).__name__}: {str(error)[:200]}")
-    usage = getattr(response, "usage", None)
-    tokens = getattr(usage, "completion_tokens", None)
-    if isinstance(tokens, int):
-      self._generated_tokens.inc(tokens)
+      return _Reply(Generation(
+          "", MALFORMED_RESPONSE, f"{type(error).__name__}: {str(error)[:200]}"))
+    tokens = getattr(getattr(response, "usage", None), "completion_tokens", None)
     # without the fields the opening was not sent: the reply is a fresh answer
-    return completion_generation(response, opening if prefill_fields else "")
+    return _Reply(completion_generation(response, opening if prefill_fields else ""),
+                  tokens if isinstance(tokens, int) and tokens > 0 else 0)
 
   def get_metrics_namespace(self) -> str:
     return OPENAI_METRICS_NAMESPACE

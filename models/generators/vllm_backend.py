@@ -27,6 +27,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
+import shlex
 import threading
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -42,15 +44,38 @@ _LOG = logging.getLogger(__name__)
 SERVER_URL = "http://localhost:{port}/v1"
 
 
-def parse_server_args(pairs: Sequence[str]) -> dict[str, str | None]:
-  """`["max-model-len=4096", "enforce-eager"]` -> vLLM server kwargs (a bare name is a flag)."""
+_SERVER_ARG_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*")
+
+
+def split_server_args(value: str) -> list[str]:
+  """One --vllm_server_arg value as its arguments: separated by spaces or commas, quoted
+  shell-style where a value holds either (a Flex Template parameter is given once, so several
+  arguments must fit in one value). `"max-model-len=4096,enforce-eager"` -> two arguments."""
+  lexer = shlex.shlex(value, posix=True)
+  lexer.whitespace += ","
+  lexer.whitespace_split = True
+  lexer.commenters = ""
+  try:
+    return list(lexer)
+  except ValueError as error:
+    raise ValueError(f"--vllm_server_arg {value!r}: {error}") from None
+
+
+def parse_server_args(values: Sequence[str]) -> dict[str, str | None]:
+  """`["max-model-len=4096,enforce-eager"]` (or one argument per value, the flag repeated) ->
+  vLLM server kwargs, as Beam's helper appends them (`--NAME VALUE`; a bare name is a flag).
+  A piece that is no NAME=VALUE or NAME (`8192` of "max-model-len 8192") is an error here, at
+  launch, not a server that fails to start on every worker."""
   kwargs: dict[str, str | None] = {}
-  for pair in pairs:
-    name, sep, value = pair.partition("=")
-    name = name.strip().lstrip("-")
-    if not name:
-      raise ValueError(f"Empty vLLM server argument in {pairs!r}")
-    kwargs[name] = value if sep else None
+  for value in values:
+    for argument in split_server_args(value):
+      name, sep, text = argument.partition("=")
+      name = name.strip().lstrip("-")
+      if not _SERVER_ARG_NAME.fullmatch(name):
+        raise ValueError(
+            f"--vllm_server_arg {value!r}: {argument!r} is no vLLM server argument (NAME=VALUE "
+            "or a bare flag NAME; write a value after '=', not after a space)")
+      kwargs[name] = text if sep else None
   return kwargs
 
 

@@ -6,14 +6,20 @@
   holds a marker: it stalls, answers 500, answers garbage, or answers an empty or a non-dialogue
   completion, for the first N attempts or for all of them, and forwards everything else. It can
   also act as a hosted API that rejects request fields it does not define (HTTP 400), and it
-  keeps every request body it saw.
+  keeps every request body it saw and sums the completion tokens of the answers it forwarded.
+- `ChatServer`: a plain chat-completions server (no model) that answers each request with a
+  short dialogue, can be down (HTTP 503 and 429) for its first seconds, and can require a key.
+- `FakeSecretManager`: Secret Manager's REST API for `access_secret_version`, which the real
+  `google-cloud-secret-manager` client reads through.
 """
 
 from __future__ import annotations
 
+import base64
 import http.server
 import json
 import os
+import re
 import socket
 import subprocess
 import threading
@@ -109,6 +115,15 @@ def _completion(content: str) -> bytes:
   }).encode()
 
 
+def _completion_tokens(payload: bytes) -> int:
+  """The `usage.completion_tokens` a chat-completions answer reports (0 when it has none)."""
+  try:
+    tokens = json.loads(payload).get("usage", {}).get("completion_tokens", 0)
+  except (ValueError, AttributeError):
+    return 0
+  return tokens if isinstance(tokens, int) else 0
+
+
 class FaultProxy:
   """A threading HTTP proxy on 127.0.0.1 that injects the fault named by a marker in a prompt.
 
@@ -128,6 +143,7 @@ class FaultProxy:
     self.all_bodies: list[dict] = []  # every chat-completions body, in arrival order
     self.rejected_fields = 0  # requests answered 400 for a rejected field
     self.forwarded = 0
+    self.completion_tokens = 0  # the usage.completion_tokens of the answers it forwarded
     self._attempts: dict[tuple[str, str], int] = {}
     self._lock = threading.Lock()
     self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
@@ -212,6 +228,158 @@ class FaultProxy:
           payload, status = error.read(), error.code
         with proxy._lock:
           proxy.forwarded += 1
+          if status == 200:
+            proxy.completion_tokens += _completion_tokens(payload)
         self._reply(status, payload)
+
+    return Handler
+
+
+class _Server:
+  """A threading HTTP server on 127.0.0.1 with the handler class of `handler_class()`; a
+  context manager."""
+
+  def __init__(self):
+    self._lock = threading.Lock()
+    self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self.handler_class())
+    self._server.daemon_threads = True
+    self.port = self._server.server_address[1]
+    self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+  def handler_class(self):
+    raise NotImplementedError
+
+  def __enter__(self):
+    self._thread.start()
+    return self
+
+  def __exit__(self, *exc):
+    self._server.shutdown()
+    self._server.server_close()
+
+
+class _JsonHandler(http.server.BaseHTTPRequestHandler):
+  protocol_version = "HTTP/1.1"
+
+  def log_message(self, *args):  # quiet
+    pass
+
+  def reply(self, status: int, body: dict):
+    data = json.dumps(body).encode()
+    self.send_response(status)
+    self.send_header("Content-Type", "application/json")
+    self.send_header("Content-Length", str(len(data)))
+    self.end_headers()
+    self.wfile.write(data)
+
+
+# What ChatServer answers: a dialogue (so RefuseWeb's check takes it) of a few words of the
+# prompt, so the replies and their token counts differ from request to request.
+CHAT_REPLY = ("User: Can you tell me how to {words}?\n"
+              "Assistant: I can't help with that, because it could hurt someone. I can tell "
+              "you how to stay safe instead.")
+
+
+class ChatServer(_Server):
+  """A plain OpenAI-compatible chat-completions server (no model) on 127.0.0.1.
+
+  It answers each request with `CHAT_REPLY` and reports its word count as the completion tokens
+  (`completion_tokens` sums them). With `outage_s`, it answers HTTP 503 and 429 in turn for
+  that long from its first request (an endpoint restarting behind a load balancer), then
+  recovers (`outage_answers` counts those answers). With `api_key`, a request whose
+  Authorization header is not `Bearer <api_key>` gets 401, as llama.cpp's server answers it
+  (`authorizations` keeps every header value it saw).
+  """
+
+  def __init__(self, outage_s: float = 0.0, api_key: str | None = None):
+    self.outage_s = outage_s
+    self.api_key = api_key
+    self.first_request: float | None = None
+    self.outage_answers = {503: 0, 429: 0}
+    self.completions = 0
+    self.completion_tokens = 0
+    self.unauthorized = 0
+    self.authorizations: set[str] = set()
+    super().__init__()
+    self.base_url = f"http://127.0.0.1:{self.port}/v1"
+
+  def _answer(self, body: dict, authorization: str) -> tuple[int, dict]:
+    with self._lock:
+      self.authorizations.add(authorization)
+      now = time.monotonic()
+      if self.first_request is None:
+        self.first_request = now
+      if self.api_key is not None and authorization != f"Bearer {self.api_key}":
+        self.unauthorized += 1
+        return 401, {"error": {"message": "Invalid API Key", "code": 401}}
+      if now - self.first_request < self.outage_s:
+        status = 503 if sum(self.outage_answers.values()) % 2 == 0 else 429
+        self.outage_answers[status] += 1
+        return status, {"error": {"message": "the endpoint is restarting", "code": status}}
+      user = [m["content"] for m in body.get("messages", []) if m.get("role") == "user"]
+      words = re.findall(r"[a-z]+", (user[-1] if user else "").lower())
+      content = CHAT_REPLY.format(words=" ".join(words[-(2 + len(words) % 5):]) or "wait")
+      tokens = len(content.split())
+      self.completions += 1
+      self.completion_tokens += tokens
+    return 200, {
+        "id": f"chatcmpl-{self.completions}", "object": "chat.completion", "created": 0,
+        "model": body.get("model", MODEL_ALIAS),
+        "choices": [{"index": 0, "finish_reason": "stop",
+                     "message": {"role": "assistant", "content": content}}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": tokens,
+                  "total_tokens": tokens + 1}}
+
+  def handler_class(self):
+    server = self
+
+    class Handler(_JsonHandler):
+      def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+        self.reply(*server._answer(body, self.headers.get("Authorization", "")))
+
+    return Handler
+
+
+class FakeSecretManager(_Server):
+  """Secret Manager's REST API on 127.0.0.1, as far as `access_secret_version` goes:
+  `GET /v1/<version name>:access` answers the version's payload (base64, with its CRC32C, as
+  the service does), 404 for a version it does not hold. `requests` lists the names asked for.
+  `client()` is the real `SecretManagerServiceClient`, on its REST transport, pointed here
+  with anonymous credentials."""
+
+  def __init__(self, secrets: dict[str, bytes]):
+    self.secrets = dict(secrets)
+    self.requests: list[str] = []
+    super().__init__()
+    self.url = f"http://127.0.0.1:{self.port}"
+
+  def client(self):
+    from google.api_core.client_options import ClientOptions
+    from google.auth.credentials import AnonymousCredentials
+    # the class itself, not `google.cloud.secretmanager`'s name for it, which a test replaces
+    from google.cloud.secretmanager_v1 import SecretManagerServiceClient
+    return SecretManagerServiceClient(
+        credentials=AnonymousCredentials(), transport="rest",
+        client_options=ClientOptions(api_endpoint=self.url))
+
+  def handler_class(self):
+    server = self
+
+    class Handler(_JsonHandler):
+      def do_GET(self):
+        import google_crc32c
+        path = self.path.split("?", 1)[0]
+        name = path[len("/v1/"):-len(":access")] if path.endswith(":access") else ""
+        with server._lock:
+          server.requests.append(name)
+        if name not in server.secrets:
+          return self.reply(404, {"error": {
+              "code": 404, "status": "NOT_FOUND",
+              "message": f"Secret Version [{name}] not found."}})
+        data = server.secrets[name]
+        return self.reply(200, {"name": name, "payload": {
+            "data": base64.b64encode(data).decode(),
+            "dataCrc32c": str(google_crc32c.value(data))}})
 
     return Handler

@@ -15,6 +15,7 @@ import pytest
 from beam_pipeline import run as entry
 from beam_pipeline.options import SAMPLE_INPUT
 import apache_beam as beam
+from apache_beam.metrics.metric import MetricsFilter
 
 from models.generators.backend import REQUEST_REJECTED, Generation, RetryingGenerator
 from models.generators.openai_endpoint import (
@@ -146,6 +147,24 @@ def test_prefill_auto_falls_back_once_per_worker(llama_server, caplog):
         _refusal_prompts(1), strict.load_model())
     assert refused.inference.error == REQUEST_REJECTED and refused.inference.status == 400
     assert refused.inference.attempts == 1 and proxy.rejected_fields == 3
+
+
+def test_generated_tokens_count_what_the_server_reported(llama_server):
+  """`generated_tokens` in the run's metrics is the sum of the completion tokens the server
+  reported (before: always 0, since the counter was incremented in the request threads, which
+  have no Beam metrics container)."""
+  documents = [Document(id=f"t{i}", text=f"Fans argue loudly about match {i} after a few beers.",
+                        safety_score=2) for i in range(3)]
+  with servers.FaultProxy(llama_server.base_url) as proxy:
+    handler = _handler(proxy.base_url, max_in_flight=3, max_new_tokens=16)
+    pipeline = beam.Pipeline("DirectRunner")
+    _ = pipeline | beam.Create(documents) | Rephrase(handler, max_attempts=1)
+    result = pipeline.run()
+    result.wait_until_finish()
+  counters = result.metrics().query(MetricsFilter().with_name("generated_tokens"))["counters"]
+  tokens = sum((c.committed if c.committed is not None else c.attempted) or 0 for c in counters)
+  assert proxy.forwarded == len(documents)
+  assert tokens == proxy.completion_tokens > 0, (tokens, proxy.completion_tokens)
 
 
 def test_handler_pickles_without_the_key(monkeypatch, api_key):

@@ -100,7 +100,7 @@ def test_stalled_request_times_out_after_request_timeout_s(llama_server):
     handler = _vllm_handler("--max_new_tokens=8", "--request_timeout_s=2").use_running_server(
         proxy.base_url)
     model = handler.load_model()
-    retrying = RetryingGenerator(handler, max_attempts=1)
+    retrying = RetryingGenerator(handler, max_attempts=1, retry_budget_s=0)  # one try
     start = time.monotonic()
     [stalled] = retrying.run_inference([[("user", f"Say hi. {servers.STALL}")]], model)
     elapsed = time.monotonic() - start
@@ -113,22 +113,33 @@ def test_stalled_request_times_out_after_request_timeout_s(llama_server):
     assert both[1].inference.text.strip()
 
 
-def test_retries_carry_a_seed_per_prompt_and_429_is_retried(llama_server):
-  """A rate-limited request (429) is retried; the retry of a greedy request samples with a seed
-  fixed by its own prompt and the attempt, so two prompts retried together get different
-  seeds (Beam's handler gave every prompt of a batch the same one)."""
-  prompts = [[("user", f"Name a fruit. {servers.FLAKY_429}")],
-             [("user", f"Name a tree. {servers.FLAKY_429}")]]
+def test_429_resends_the_same_request_and_a_rejected_reply_gets_a_seed_per_prompt(llama_server):
+  """A rate-limited request (429) is sent again as it was: greedy, no seed (the endpoint was
+  busy, nothing was wrong with the request, and an outage must not change the output). A reply
+  that is rejected (here empty) is asked for again by sampling with a seed fixed by its own
+  prompt and the attempt, so two prompts retried together get different seeds (Beam's handler
+  gave every prompt of a batch the same one)."""
+  busy = [[("user", f"Name a fruit. {servers.FLAKY_429}")],
+          [("user", f"Name a tree. {servers.FLAKY_429}")]]
+  empty = [[("user", f"Name a bird. {servers.EMPTY}")],
+           [("user", f"Name a fish. {servers.EMPTY}")]]
   with servers.FaultProxy(llama_server.base_url) as proxy:
     handler = _vllm_handler("--max_new_tokens=8", "--retry_temperature=0.7").use_running_server(
         proxy.base_url)
-    results = RetryingGenerator(handler, max_attempts=3, backoff_s=0.05).run_inference(
-        prompts, handler.load_model())
-  assert all(not r.inference.error and r.inference.attempts == 2 for r in results), results
-  retries = [b for b in proxy.bodies[servers.FLAKY_429] if b.get("seed") is not None]
+    results = RetryingGenerator(
+        handler, lambda text: None if text.strip() else "empty_generation", max_attempts=2,
+        backoff_s=0.05).run_inference(busy + empty, handler.load_model())
+  outcomes = [r.inference for r in results]
+  assert all(not g.error and g.attempts == 2 for g in outcomes[:2]), outcomes
+  assert all(g.error == "empty_generation" and g.attempts == 2 for g in outcomes[2:]), outcomes
+  for prompt in busy:
+    first, second = [b for b in proxy.bodies[servers.FLAKY_429]
+                     if b["messages"][-1]["content"] == prompt[0][1]]
+    assert first == second and first["temperature"] == 0 and "seed" not in first
+  retries = [b for b in proxy.bodies[servers.EMPTY] if b.get("seed") is not None]
   by_prompt = {b["messages"][-1]["content"]: b["seed"] for b in retries}
-  assert len(by_prompt) == 2
-  for prompt in prompts:
+  assert len(by_prompt) == 2 and all(b["temperature"] == 0.7 for b in retries)
+  for prompt in empty:
     assert by_prompt[prompt[0][1]] == prompt_seed(prompt, attempt=2, bits=31)
 
 

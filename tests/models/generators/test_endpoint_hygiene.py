@@ -5,6 +5,7 @@ server is in tests/e2e/generation/ (test_openai_endpoint.py, test_vllm_requests.
 from __future__ import annotations
 
 import argparse
+import pickle
 
 import pytest
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
@@ -16,6 +17,7 @@ from models.generators.openai_endpoint import (
     KEYLESS_PLACEHOLDER, MissingApiKeyError, OpenAIEndpointHandler, api_key_from_env)
 from models.generators.prompts import (
     CONTROL_TOKEN, KIND_REFUSEWEB, build_prompt, defuse_control_tokens)
+from tests.models.generators.test_backend import CountingClock
 
 
 @pytest.mark.parametrize("status, reason", [
@@ -52,12 +54,14 @@ def test_a_rejected_request_is_not_retried_and_keeps_its_status():
       "busy": Generation("", HTTP_ERROR, "HTTP 429: slow down", status=429),
       "fine": Generation("a reply"),
   })
-  results = RetryingGenerator(backend, max_attempts=3, backoff_s=0.0).run_inference(
-      ["too-long", "busy", "fine"], None)
+  results = RetryingGenerator(
+      backend, max_attempts=3, backoff_s=0.0, retry_budget_s=5.0,
+      clock=CountingClock()).run_inference(["too-long", "busy", "fine"], None)
   outcome = {r.example: r.inference for r in results}
-  assert backend.calls == {"too-long": 1, "busy": 3, "fine": 1}
+  # 429 is the endpoint saying "not now": retried (within the time budget), not final.
+  assert backend.calls["too-long"] == backend.calls["fine"] == 1 and backend.calls["busy"] > 1
   assert outcome["too-long"] == Generation("", REQUEST_REJECTED, "HTTP 400: context", 1, 400)
-  assert outcome["busy"].attempts == 3 and outcome["busy"].status == 429
+  assert outcome["busy"].attempts == backend.calls["busy"] and outcome["busy"].status == 429
   assert outcome["fine"] == Generation("a reply")
 
 
@@ -121,3 +125,45 @@ def test_in_flight_help_says_per_sdk_process():
   assert "per SDK process" in actions["max_in_flight"].help
   assert actions["openai_prefill"].default == "auto"
   assert "none" in actions["openai_api_key_env"].help
+
+
+SECRET = "projects/my-project/secrets/endpoint-key/versions/3"
+
+
+@pytest.mark.parametrize("version", [
+    "my-key", "projects/p/secrets/s", "projects/p/secrets/s/versions/", "sk-live-123",
+    "projects/p/secrets/s/versions/1 ",
+])
+def test_api_key_secret_must_name_a_secret_version(version):
+  with pytest.raises(ValueError, match="projects/PROJECT/secrets/SECRET/versions/VERSION"):
+    OpenAIEndpointHandler("http://127.0.0.1:9/v1", "m", api_key_secret=version)
+
+
+@pytest.mark.parametrize("variable", ["MY_KEY", "none"])
+def test_api_key_secret_and_a_key_variable_are_exclusive(variable):
+  with pytest.raises(ValueError, match=rf"--openai_api_key_env={variable} both .* give one"):
+    OpenAIEndpointHandler("http://127.0.0.1:9/v1", "m", api_key_env=variable,
+                          api_key_secret=SECRET)
+
+
+def test_api_key_secret_from_the_command_line_is_all_the_handler_holds():
+  options = SafetyPretrainingOptions([
+      "--generator=openai", "--openai_base_url=http://127.0.0.1:9/v1",
+      f"--openai_api_key_secret={SECRET}"])
+  handler = OpenAIEndpointHandler.from_options(options)
+  assert handler._api_key_secret == SECRET  # pylint: disable=protected-access
+  assert SECRET.encode() in pickle.dumps(handler)  # the name travels; the key is read on load
+  with pytest.raises(ValueError, match="give one"):
+    OpenAIEndpointHandler.from_options(SafetyPretrainingOptions([
+        "--openai_base_url=http://127.0.0.1:9/v1", f"--openai_api_key_secret={SECRET}",
+        "--openai_api_key_env=OTHER"]))
+
+
+def test_retry_options_say_which_budget_is_which():
+  parser = argparse.ArgumentParser()
+  SafetyPretrainingOptions._add_argparse_args(parser)  # pylint: disable=protected-access
+  actions = {a.dest: a for a in parser._actions}  # pylint: disable=protected-access
+  assert actions["retry_budget_s"].default == 90.0
+  assert "--retry_budget_s" in actions["max_attempts"].help
+  assert "cumulativeThrottlingSeconds" in actions["retry_budget_s"].help
+  assert "roles/secretmanager.secretAccessor" in actions["openai_api_key_secret"].help
