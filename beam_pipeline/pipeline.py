@@ -36,7 +36,7 @@ from transforms.progress import LogProgress
 from transforms.quality import QualityGate, TextEncoder
 from transforms.quality_checks import CHECKS, QualitySettings
 from transforms.quality_samples import WriteQualitySamples
-from transforms.reading import ReadDocuments
+from transforms.reading import MATCHED_FILES, ReadDocuments
 from transforms.routing import REFUSE, REPHRASE, TO_TAG, Bands, Route
 from transforms.scoring import ScoreSafety, document_text
 from transforms.sinks import WriteDeadLetters, WriteDocuments, WriteJsonLines
@@ -54,25 +54,61 @@ GENERATORS = {
 def classifier_handler(options: SafetyPretrainingOptions, pipeline: beam.Pipeline):
   """The classifier's ModelHandler: ONNX int8 on CPU, or batched PyTorch on a GPU.
 
-  For ONNX, the model is settled here, where the graph is built, as the workers will read it
-  (`artifacts.launch_location`: without --classifier_model the default model is built here; a
-  local model is staged under a remote temp location for workers on other machines). The result
-  is written back to --classifier_model, in `options` and in the pipeline's own copy of them
-  (beam.Pipeline deep-copies its options), so the job's recorded options name the model its
-  workers read. Workers then only download it: they have no torch."""
+  The ONNX model folder is settled here, once, where the graph is built, as the workers will
+  read it (`artifacts.settle_model`: without --classifier_model the default model is built
+  here; --window is checked against it; a local model is staged under a remote temp location
+  for workers on other machines). The result is written back to --classifier_model, in
+  `options` and in the pipeline's own copy of them (beam.Pipeline deep-copies its options), so
+  the job's recorded options name the model its workers read, and every reader takes it: the
+  ONNX scorer and gates, and the quality gate's encoder (`quality_gate`), which embeds with the
+  ONNX graph also when --classifier_device=cuda scores in PyTorch. Workers then only download
+  it: they have no torch."""
+  if options.classifier_device == "cuda" and options.classifier_model:
+    raise ValueError("--classifier_model is an ONNX file, for --classifier_device=cpu; the "
+                     "cuda path runs the committed weights, merged, in PyTorch (the quality "
+                     "gate's encoder reads their ONNX export, settled at launch)")
+  options.classifier_model = artifacts.settle_model(
+      options.classifier_model, pipeline.runner, pipeline.options, options.window,
+      options.overlap)
+  pipeline.options.view_as(SafetyPretrainingOptions).classifier_model = options.classifier_model
   if options.classifier_device == "cuda":
     from models.classifier.torch_handler import TorchSafetyModelHandler
-    if options.classifier_model:
-      raise ValueError("--classifier_model is an ONNX file, for --classifier_device=cpu; the "
-                       "cuda path runs the committed weights, merged, in PyTorch")
     return TorchSafetyModelHandler(
         device="cuda", dtype=options.classifier_dtype, max_batch_tokens=options.max_batch_tokens)
-  options.classifier_model = artifacts.launch_location(
-      options.classifier_model, pipeline.runner, pipeline.options)
-  pipeline.options.view_as(SafetyPretrainingOptions).classifier_model = options.classifier_model
   return OnnxSafetyModelHandler(
       model_path=options.classifier_model, device=options.classifier_device,
       intra_op_threads=options.classifier_threads)
+
+
+def scoring_hints(options: SafetyPretrainingOptions, runner=None) -> dict[str, str]:
+  """Beam resource hints for the classifier's steps (Score and every Gate), from the options.
+
+  --classifier_accelerator is refused with --classifier_device=cpu (GPU workers that ONNX
+  Runtime on the CPU would leave idle); --classifier_device=cuda on Dataflow needs it (or a
+  worker_accelerator for the whole job), since nothing else gives those steps a GPU there."""
+  if options.classifier_accelerator:
+    if options.classifier_device != "cuda":
+      raise ValueError(
+          "--classifier_accelerator rents GPU workers for Score and the gates, but "
+          "--classifier_device=cpu scores on the worker's CPU and would leave them idle: use "
+          "--classifier_device=cuda, or drop --classifier_accelerator")
+    return {"accelerator": options.classifier_accelerator}
+  if options.classifier_device == "cuda" and type(runner).__name__ == "DataflowRunner":
+    from apache_beam.options.pipeline_options import GoogleCloudOptions
+    service = options.view_as(GoogleCloudOptions).dataflow_service_options or []
+    if not any(option.startswith("worker_accelerator") for option in service):
+      raise ValueError(
+          "--classifier_device=cuda on Dataflow needs GPU workers for Score and the gates: pass "
+          "--classifier_accelerator='type:nvidia-l4;count:1;install-nvidia-driver' (a Beam "
+          "resource hint) with the GPU image as --sdk_container_image")
+  return {}
+
+
+def with_scoring_hints(transform: beam.PTransform, options: SafetyPretrainingOptions,
+                       runner=None):
+  """`transform` with the classifier steps' resource hints, the one place they are applied."""
+  hints = scoring_hints(options, runner)
+  return transform.with_resource_hints(**hints) if hints else transform
 
 
 def generator_handler(options: SafetyPretrainingOptions):
@@ -111,7 +147,8 @@ def quality_settings(options: SafetyPretrainingOptions):
 
 def quality_gate(kind: str, options: SafetyPretrainingOptions):
   """The quality gate of one generation kind, from the options; its off_topic check embeds
-  with the same classifier graph that scores (`--classifier_model`)."""
+  with the classifier's ONNX graph at --classifier_model, as `classifier_handler` settled it
+  (with --classifier_device=cuda too)."""
   checks = None if options.quality_checks == "all" else [
       name.strip() for name in options.quality_checks.split(",") if name.strip()]
   unknown = sorted(set(checks or ()) - set(CHECKS))
@@ -132,7 +169,7 @@ def with_generation_hints(transform: beam.PTransform, options: SafetyPretraining
 def retry_settings(options: SafetyPretrainingOptions) -> dict:
   """The retry bounds of every generation step (the curate branches' and the judge's)."""
   return {"max_attempts": options.max_attempts, "backoff_s": options.retry_backoff_s,
-          "max_backoff_s": options.max_backoff_s}
+          "max_backoff_s": options.max_backoff_s, "retry_budget_s": options.retry_budget_s}
 
 
 def generation_step(transform_class, options: SafetyPretrainingOptions, generator):
@@ -159,6 +196,8 @@ def build_annotate(pipeline: beam.Pipeline, options: SafetyPretrainingOptions, s
           staging, options.num_shards, **shard_bounds(options))]
   tallies = [
       documents[DOCUMENTS] | "TallyRead" >> Tallies(run_report.read_tallies),
+      documents[MATCHED_FILES] | "TallyMatchedFiles" >> Tallies(
+          run_report.matched_file_tallies),
       documents[DOCUMENTS] | "TallyRequests" >> Tallies(
           run_report.request_tallies, STAGE_ANNOTATE),
       labelled[DOCUMENTS] | "TallyLabels" >> Tallies(run_report.label_tallies),
@@ -191,7 +230,8 @@ def build(pipeline: beam.Pipeline, options: SafetyPretrainingOptions) -> str:
       | "AllTallies" >> beam.Flatten()
       | "RunStatistics" >> run_report.RunStatistics(options.report_sources)
       | "BuildReport" >> beam.Map(
-          run_report.build_report, options.max_failure_fraction, options.mode))
+          run_report.build_report, options.max_failure_fraction, options.mode,
+          options.allow_empty_input))
   _ = report | "CommitOutput" >> CommitOutput(
       options.output, staging, written_files, options.overwrite, run_report.write_report_files,
       stale_staging_s=options.stale_staging_hours * 3600)
@@ -208,10 +248,12 @@ def build_curate(pipeline: beam.Pipeline, options: SafetyPretrainingOptions, sta
   dead_letters.append(documents[DEAD_LETTER])
   tallies = [
       read[DOCUMENTS] | "TallyStrippedInput" >> Tallies(run_report.stripped_tallies, "input"),
-      documents[DOCUMENTS] | "TallyRead" >> Tallies(run_report.read_tallies)]
+      documents[DOCUMENTS] | "TallyRead" >> Tallies(run_report.read_tallies),
+      read[MATCHED_FILES] | "TallyMatchedFiles" >> Tallies(run_report.matched_file_tallies)]
 
   scorer = classifier_handler(options, pipeline)
-  scored = documents[DOCUMENTS] | "Score" >> ScoreSafety(scorer, options.window, options.overlap)
+  scored = documents[DOCUMENTS] | "Score" >> with_scoring_hints(
+      ScoreSafety(scorer, options.window, options.overlap), options, pipeline.runner)
   dead_letters.append(scored[DEAD_LETTER])
   tallies.append(scored[DOCUMENTS] | "TallyScored" >> Tallies(run_report.scored_tallies))
 
@@ -245,8 +287,9 @@ def build_curate(pipeline: beam.Pipeline, options: SafetyPretrainingOptions, sta
           run_report.stripped_tallies, branch))
       stripped = generated[DOCUMENTS] | f"StripTags{name}" >> StripTags(
           GENERATION_STAGES[branch])
-      gated = stripped[DOCUMENTS] | f"Gate{name}" >> SafetyGate(
-          scorer, branch, options.gate_max_score, options.window, options.overlap, text_of)
+      gated = stripped[DOCUMENTS] | f"Gate{name}" >> with_scoring_hints(SafetyGate(
+          scorer, branch, options.gate_max_score, options.window, options.overlap, text_of),
+          options, pipeline.runner)
       dead_letters.extend([generated[DEAD_LETTER], stripped[DEAD_LETTER], gated[DEAD_LETTER]])
       return gated[DOCUMENTS]
 

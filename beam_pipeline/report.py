@@ -33,6 +33,7 @@ from transforms.generation import GENERATION_ERROR
 from transforms.progress import STAGE_PROGRESS
 from transforms.quality_checks import BRANCH_KINDS, KIND_CHECKS
 from transforms.quality_samples import QUALITY_SAMPLES_PREFIX, QualityReview
+from transforms.scoring import INFERENCE_ERROR
 from transforms.tagging import count_tags
 
 CURATE = "curate"
@@ -105,6 +106,12 @@ def dead_letter_tallies(dead_letter) -> typing.List[Tally]:
 def scored_tallies(document) -> typing.List[Tally]:
   return [tally(f"{STAGE_SCORE}.score_{document.safety_score}"),
           tally(f"{_PROGRESS_PREFIX}documents_scored")]
+
+
+def matched_file_tallies(path: str) -> typing.List[Tally]:
+  """A file the input pattern matched (ReadDocuments' MATCHED_FILES)."""
+  del path
+  return [tally(f"{STAGE_READ}.files_matched")]
 
 
 def read_tallies(document) -> typing.List[Tally]:
@@ -231,27 +238,46 @@ def _fraction(part: int, whole: int) -> float:
 
 def build_report(counters: dict[str, int],
                  max_failure_fraction: float = DEFAULT_MAX_FAILURE_FRACTION,
-                 mode: str = CURATE) -> dict:
+                 mode: str = CURATE, allow_empty_input: bool = False) -> dict:
   """report.json's content from the run's statistics (RunStatistics' record), for `mode`."""
   if mode == ANNOTATE:
-    return build_annotate_report(counters, max_failure_fraction)
-  return build_curate_report(counters, max_failure_fraction)
+    return build_annotate_report(counters, max_failure_fraction, allow_empty_input)
+  return build_curate_report(counters, max_failure_fraction, allow_empty_input)
+
+
+def input_check(counters: dict[str, int], documents_read: int, allow_empty_input: bool,
+                valid: int | None = None) -> dict:
+  """The `empty_input` check of both modes: a run with no valid document to curate (its pattern
+  matched no file, its files hold no record, or every record read was dead-lettered as invalid,
+  as with a wrong --text_field) fails unless `allow_empty_input`; an empty corpus is otherwise
+  what a wrong path, a missing partition or a wrong field name looks like."""
+  valid = documents_read if valid is None else valid
+  check = {"files_matched": int(counters.get(f"{STAGE_READ}.files_matched", 0)),
+           "documents_read": documents_read, "documents_valid": valid,
+           "allow_empty_input": allow_empty_input}
+  check["holds"] = valid > 0 or allow_empty_input
+  return check
 
 
 def build_curate_report(counters: dict[str, int],
-                        max_failure_fraction: float = DEFAULT_MAX_FAILURE_FRACTION) -> dict:
+                        max_failure_fraction: float = DEFAULT_MAX_FAILURE_FRACTION,
+                        allow_empty_input: bool = False) -> dict:
   """A curate run's report.json.
 
-  Checks: nothing lost (documents read = raw + tagged + dead letters before routing; per
-  generation branch, requests = outputs + dead letters), and nothing broken: no generation branch
-  loses more than `max_failure_fraction` of its requests to backend failures (FAILURE_REASONS),
-  and the read stage dead-letters no more than that fraction of the records read. Rejections of a
-  text for its content (the safety gate, an unusable reply) are reported, never a failure.
+  Checks: something was read (`empty_input`, unless `allow_empty_input`); nothing lost
+  (documents read = raw + tagged + dead letters before routing; per generation branch,
+  requests = outputs + dead letters), and nothing broken: no generation branch loses more than
+  `max_failure_fraction` of its requests to backend failures (FAILURE_REASONS) or to its safety
+  gate's failed inference, scoring loses no more than that fraction of the documents it was
+  given to failed inference (`score_failures`), and the read stage dead-letters no more than
+  that fraction of the records read. Rejections of a text for its content (the safety gate, an
+  unusable reply) are reported, never a failure.
   """
   get = lambda name: int(counters.get(name, 0))
   dead_letters = dead_letters_by_stage(counters)
   dead_in = lambda stage: sum(dead_letters.get(stage, {}).values())
   valid, documents_read = read_counts(counters, dead_letters)
+  given_input = input_check(counters, documents_read, allow_empty_input, valid)
   per_branch = {branch: get(f"write.{branch}") for branch in BRANCHES}
   dead_before_output = sum(dead_in(stage) for stage in BEFORE_OUTPUT_STAGES)
   originals = {
@@ -262,17 +288,21 @@ def build_curate_report(counters: dict[str, int],
   }
   originals["holds"] = documents_read == (
       originals["raw"] + originals["tagged"] + dead_before_output)
-  failed = [] if originals["holds"] else ["originals"]
+  failed = [] if given_input["holds"] else ["empty_input"]
+  if not originals["holds"]:
+    failed.append("originals")
   generation = {}
   for branch, stage in GENERATION_STAGES.items():
-    failures = sum(n for reason, n in dead_letters.get(stage, {}).items()
-                   if reason in FAILURE_REASONS)
+    gate_failures = dead_letters.get(gate_stage(branch), {}).get(INFERENCE_ERROR, 0)
+    failures = gate_failures + sum(n for reason, n in dead_letters.get(stage, {}).items()
+                                   if reason in FAILURE_REASONS)
     entry = {
         "requests": get(f"{stage}.requests"),
         "outputs": per_branch[branch],
         "dead_letters": dead_in(stage) + dead_in(gate_stage(branch)),
         "failures": failures,
-        "rejected_by_gate": dead_in(gate_stage(branch)),
+        "gate_failures": gate_failures,
+        "rejected_by_gate": dead_in(gate_stage(branch)) - gate_failures,
     }
     entry["failure_fraction"] = _fraction(failures, entry["requests"])
     entry["balanced"] = entry["requests"] == entry["outputs"] + entry["dead_letters"]
@@ -292,6 +322,18 @@ def build_curate_report(counters: dict[str, int],
   reading["holds"] = reading["fraction"] <= max_failure_fraction
   if not reading["holds"]:
     failed.append("read_failures")
+  score_failures = dead_letters.get(STAGE_SCORE, {}).get(INFERENCE_ERROR, 0)
+  # Every document given to scoring is scored or dead-lettered by it.
+  given = get(f"{_PROGRESS_PREFIX}documents_scored") + dead_in(STAGE_SCORE)
+  scoring = {
+      "documents": given,
+      "failures": score_failures,
+      "fraction": _fraction(score_failures, given),
+      "max_fraction": max_failure_fraction,
+  }
+  scoring["holds"] = scoring["fraction"] <= max_failure_fraction
+  if not scoring["holds"]:
+    failed.append("score_failures")
   return {
       "documents_read": documents_read,
       "documents_valid": valid,
@@ -309,16 +351,18 @@ def build_curate_report(counters: dict[str, int],
       "score_distribution": _score_distribution(counters),
       "tags": _tag_figures(get),
       "max_failure_fraction": max_failure_fraction,
-      "checks": {"originals": originals, "generation": generation, "read": reading},
+      "checks": {"input": given_input, "originals": originals, "generation": generation,
+                 "read": reading, "scoring": scoring},
       "failed_checks": failed,
       "checks_hold": not failed,
   }
 
 
 def build_annotate_report(counters: dict[str, int],
-                          max_failure_fraction: float = DEFAULT_MAX_FAILURE_FRACTION) -> dict:
-  """report.json of an annotate run: labels per score, dead letters, and the check that every
-  document read is labelled or dead-lettered."""
+                          max_failure_fraction: float = DEFAULT_MAX_FAILURE_FRACTION,
+                          allow_empty_input: bool = False) -> dict:
+  """report.json of an annotate run: labels per score, dead letters, and the checks that
+  something was read (`empty_input`) and every document read is labelled or dead-lettered."""
   get = lambda name: int(counters.get(name, 0))
   dead_letters = dead_letters_by_stage(counters)
   valid, documents_read = read_counts(counters, dead_letters)
@@ -331,6 +375,9 @@ def build_annotate_report(counters: dict[str, int],
       "dead_letters": dead_total,
       "holds": documents_read == labelled + dead_total,
   }
+  given_input = input_check(counters, documents_read, allow_empty_input, valid)
+  failed = ([] if given_input["holds"] else ["empty_input"]) + (
+      [] if check["holds"] else ["annotate"])
   return {
       "mode": ANNOTATE,
       "documents_read": documents_read,
@@ -342,8 +389,9 @@ def build_annotate_report(counters: dict[str, int],
       "dead_letters": dead_letters,
       "dead_letters_total": dead_total,
       "dead_letters_written": get("write.dead_letter"),
-      "checks": {"annotate": check},
-      "checks_hold": check["holds"],
+      "checks": {"input": given_input, "annotate": check},
+      "failed_checks": failed,
+      "checks_hold": not failed,
   }
 
 
@@ -484,6 +532,13 @@ def curate_summary(report: dict) -> str:
       f"check read_failures: {reading['dead_lettered']} of {reading['documents_read']} records "
       f"dead-lettered when read ({100 * reading['fraction']:.1f}%, at most {100 * limit:.0f}%): "
       f"{'holds' if reading['holds'] else 'FAILS'}")
+  scoring = report["checks"].get("scoring")
+  if scoring:
+    lines.append(
+        f"check score_failures: inference failed for {scoring['failures']} of "
+        f"{scoring['documents']} documents given to scoring ({100 * scoring['fraction']:.1f}%, "
+        f"at most {100 * limit:.0f}%): {'holds' if scoring['holds'] else 'FAILS'}")
+  lines.extend(_input_lines(report))
   for name in report.get("failed_checks", []):
     lines.append(f"FAILED check {name}: {failed_check_reason(report, name)}")
   return "\n".join(lines)
@@ -499,7 +554,20 @@ def annotate_summary(report: dict) -> str:
   check = report["checks"]["annotate"]
   lines.append(f"check: read {check['documents_read']} = labelled {check['labelled']} + dead "
                f"letters {check['dead_letters']}: {'holds' if check['holds'] else 'FAILS'}")
+  lines.extend(_input_lines(report))
+  for name in report.get("failed_checks", []):
+    lines.append(f"FAILED check {name}: {failed_check_reason(report, name)}")
   return "\n".join(lines)
+
+
+def _input_lines(report: dict) -> typing.List[str]:
+  given = report["checks"].get("input")
+  if not given:
+    return []
+  return [f"check empty_input: {given.get('documents_valid', given['documents_read'])} valid "
+          f"of {given['documents_read']} records read, {given['files_matched']} files matched"
+          + (" (--allow_empty_input)" if given["allow_empty_input"] else "")
+          + f": {'holds' if given['holds'] else 'FAILS'}"]
 
 
 def failed_check_reason(report: dict, name: str) -> str:
@@ -508,6 +576,25 @@ def failed_check_reason(report: dict, name: str) -> str:
   limit = report.get("max_failure_fraction", DEFAULT_MAX_FAILURE_FRACTION)
   if name == "originals":
     return "documents read != raw + tagged + dead letters before routing (records were lost)"
+  if name == "annotate":
+    return "documents read != labelled + dead letters (records were lost)"
+  if name == "empty_input":
+    given = checks["input"]
+    if given["documents_read"]:
+      return (f"none of the {given['documents_read']} records read is a valid document (each "
+              f"is a dead letter of the read or validate stage: a wrong --text_field or "
+              f"--id_field, or not the input meant); pass --allow_empty_input where that is "
+              f"expected")
+    found = ("the input pattern (--input) matched no file" if not given["files_matched"] else
+             f"the {given['files_matched']} files the input pattern (--input) matched hold no "
+             f"record")
+    return (f"no record was read: {found}; pass --allow_empty_input where an empty input is "
+            f"expected")
+  if name == "score_failures":
+    scoring = checks["scoring"]
+    return (f"inference failed for {scoring['failures']} of {scoring['documents']} documents "
+            f"given to the safety classifier (dead letters inference_error, stage score: a "
+            f"broken model or worker), more than --max_failure_fraction={limit}")
   if name == "read_failures":
     reading = checks["read"]
     return (f"the read stage dead-lettered {reading['dead_lettered']} of "
@@ -515,7 +602,9 @@ def failed_check_reason(report: dict, name: str) -> str:
   branch = name[:-len("_failures")] if name.endswith("_failures") else name
   entry = checks["generation"][branch]
   if name.endswith("_failures"):
+    gate = entry.get("gate_failures", 0)
     return (f"{entry['failures']} of {entry['requests']} {branch} generation requests failed "
-            f"(timeouts, HTTP or connection errors, malformed responses, failed batches), more "
-            f"than --max_failure_fraction={limit}")
+            f"(timeouts, HTTP or connection errors, malformed responses, failed batches"
+            + (f"; {gate} of them in the safety gate's scoring, inference_error" if gate else "")
+            + f"), more than --max_failure_fraction={limit}")
   return f"{branch}: requests != outputs + dead letters (records were lost)"

@@ -286,6 +286,23 @@ def _checks_section(report: dict) -> str:
         f'{_figure("checks/read/fraction", reading["fraction"])}, at most '
         f'{_figure("checks/read/max_fraction", reading["max_fraction"])}'
         f"</td><td>{verdict(reading['holds'])}</td></tr>")
+  scoring = checks.get("scoring")
+  if scoring:
+    rows.append(
+        "<tr><td>score failures</td><td>inference failed for "
+        f'{_number("checks/scoring/failures", scoring["failures"])} of '
+        f'{_number("checks/scoring/documents", scoring["documents"])} documents = '
+        f'{_figure("checks/scoring/fraction", scoring["fraction"])}, at most '
+        f'{_figure("checks/scoring/max_fraction", scoring["max_fraction"])}'
+        f"</td><td>{verdict(scoring['holds'])}</td></tr>")
+  given = checks.get("input")
+  if given:
+    rows.insert(0, (
+        "<tr><td>empty input</td><td>records read "
+        f'{_number("checks/input/documents_read", given["documents_read"])} from '
+        f'{_number("checks/input/files_matched", given["files_matched"])} files matched'
+        + (" (an empty input allowed)" if given["allow_empty_input"] else ", at least 1")
+        + f"</td><td>{verdict(given['holds'])}</td></tr>"))
   return ("<h2>Checks: nothing lost</h2><table><tr><th>check</th><th>equation</th><th></th></tr>"
           f"{''.join(rows)}</table>")
 
@@ -395,7 +412,10 @@ def render(report: dict, samples: dict | None = None, title: str = "Data report 
   body = [
       f"<h1>{_escape(title)}</h1>",
       '<p class="lead">Safety Pretraining data pipeline: what happened to every document of '
-      f"this run. {badge}</p>",
+      f"this run. {badge}"
+      + ("" if holds else " A run whose checks fail replaces no output: this page, report.json "
+         "and the run's dead letters are kept under .failed/&lt;run id&gt;/ in the output "
+         "folder.") + "</p>",
       _summary_section(report),
       _branches_section(report),
       _scores_section(report),

@@ -33,6 +33,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from benchmarks.generation_quality import DATA, LICENSED_SOURCES  # noqa: E402
+from models.classifier import artifacts  # noqa: E402
 from transforms.quality import TextEncoder  # noqa: E402
 
 LONG_SOURCES = set(LICENSED_SOURCES) | {"gutenberg", "state_union"}
@@ -90,7 +91,7 @@ def main(argv=None):
                       help="the --output JSON of benchmarks/generation_quality.py")
   parser.add_argument("--classifier_model", default=None)
   args = parser.parse_args(argv)
-  encoder = TextEncoder(args.classifier_model)
+  encoder = TextEncoder(artifacts.settle_model(args.classifier_model))
   results = {}
   pairs = halves(args.data, args.documents)
   firsts = [encoder.embed(a) for a, _ in pairs]

@@ -92,7 +92,9 @@ class DeadLetter(typing.NamedTuple):
 
   `payload` holds the record as far as it could be recovered (the raw line, or the document's
   text); `id` and `source` say where it came from, `stage` and `reason` why it stopped, and
-  `detail` any figure behind the reason (a score, an attempt count) as a JSON object.
+  `detail` any figure behind the reason (a score, an attempt count) as the JSON text of one
+  object (`transforms.deadletter.detail_json`): a text field, so the record keeps its schema
+  coder; in the written line it is that object itself.
   """
   stage: str
   reason: str
@@ -110,10 +112,21 @@ class DeadLetter(typing.NamedTuple):
             "source": self.source,
             "stage": self.stage,
             "reason": self.reason,
-            "detail": json.loads(self.detail or "{}"),
+            "detail": _detail_object(self.detail),
         },
         ensure_ascii=False,
         sort_keys=True)
+
+
+def _detail_object(detail: str) -> dict:
+  """A dead letter's detail as the JSON object its line holds. A detail that is no JSON object
+  (only a DeadLetter made by hand has one) is kept whole: other JSON under `value`, any other
+  text under `text`."""
+  try:
+    value = json.loads(detail or "{}")
+  except ValueError:
+    return {"text": detail}
+  return value if isinstance(value, dict) else {"value": value}
 
 
 beam.coders.registry.register_coder(Document, beam.coders.RowCoder)

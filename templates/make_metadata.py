@@ -38,7 +38,9 @@ REGEX_BY_NAME = {
     "run_date": r"^([0-9]{4}-[0-9]{2}-[0-9]{2}|today|yesterday)$",
     "openai_base_url": r"^https?://[^\s]+$",
     "openai_api_key_env": r"^[A-Za-z_][A-Za-z0-9_]*$",
+    "openai_api_key_secret": r"^projects/[^/\s]+/secrets/[^/\s]+/versions/[^/\s]+$",
     "generation_accelerator": r"^[^\s]+$",
+    "classifier_accelerator": r"^[^\s]+$",
     "generation_min_ram": r"^[0-9]+(\.[0-9]+)?\s*([KMGTP]i?B)?$",
 }
 INTEGER = r"^-?[0-9]+$"
@@ -47,8 +49,9 @@ SWITCH = r"^(true|false)$"
 TEXT = r"^[^\n\r]*$"
 # Labels that the name alone would spell badly.
 LABELS = {"openai_base_url": "OpenAI base URL", "openai_api_key_env": "OpenAI API key variable",
+          "openai_api_key_secret": "OpenAI API key secret",
           "openai_model": "OpenAI model", "openai_prefill": "OpenAI prefill",
-          "top_p": "Top-p", "vllm_model": "vLLM model", "vllm_server_arg": "vLLM server argument",
+          "top_p": "Top-p", "vllm_model": "vLLM model", "vllm_server_arg": "vLLM server arguments",
           "vllm_chat_template": "vLLM chat template"}
 
 
@@ -81,7 +84,9 @@ def help_text(action: argparse.Action) -> str:
     text += " (true or false)"
   elif action.default not in (None, "", []) and "default" not in text.lower():
     text += f" (default: {action.default})"
-  if isinstance(action, argparse._AppendAction):  # pylint: disable=protected-access
+  repeated = isinstance(action, argparse._AppendAction)  # pylint: disable=protected-access
+  if repeated and "separated by" not in text:
+    # a template parameter is given once; an option that splits one value says how in its help
     text += "; one value per launch"
   return text
 

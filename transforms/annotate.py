@@ -21,7 +21,7 @@ import typing
 import apache_beam as beam
 from apache_beam.ml.inference.base import ModelHandler
 
-from models.generators.backend import Generation, with_retries
+from models.generators.backend import DEFAULT_RETRY_BUDGET_S, Generation, with_retries
 from models.generators.prompts import KIND_JUDGE, build_prompt
 from corpus.records import STAGE_ANNOTATE, Document
 from transforms.deadletter import count
@@ -125,11 +125,12 @@ class Annotate(beam.PTransform):
   """
 
   def __init__(self, handler: ModelHandler, judge_name: str, max_attempts: int = 3,
-               backoff_s: float = 1.0, max_backoff_s: float = 30.0):
+               backoff_s: float = 1.0, max_backoff_s: float = 30.0,
+               retry_budget_s: float = DEFAULT_RETRY_BUDGET_S):
     super().__init__()
     self._handler = with_retries(
         handler, check_judgement, STAGE_ANNOTATE, max_attempts=max_attempts,
-        backoff_s=backoff_s, max_backoff_s=max_backoff_s)
+        backoff_s=backoff_s, max_backoff_s=max_backoff_s, retry_budget_s=retry_budget_s)
     self._judge_name = judge_name
 
   def expand(self, documents):

@@ -19,7 +19,8 @@ from apache_beam.ml.inference.base import RunInference
 
 from corpus.records import DEAD_LETTER, DOCUMENTS, GENERATION_STAGES, UNSCORED, DeadLetter
 from corpus.records import Document
-from models.generators.backend import EMPTY_GENERATION, Generation, RetryingGenerator
+from models.generators.backend import DEFAULT_RETRY_BUDGET_S, EMPTY_GENERATION, Generation
+from models.generators.backend import RetryingGenerator
 from models.generators.backend import as_generation, with_retries
 from models.generators.prompts import KIND_MORAL_EDUCATION, KIND_REFUSEWEB, KIND_REPHRASE
 from models.generators.prompts import QUOTE_BEGIN, QUOTE_END
@@ -215,13 +216,15 @@ class GenerateFrom(beam.PTransform):
 
   `kind` is a prompt kind (`rephrase`, `refuseweb`, `moral_education`); `handler` is a backend
   (`models.generators`: local, vllm, openai) from a chat prompt to a reply; it is wrapped in a
-  `RetryingGenerator` that checks each reply and retries a failed or rejected prompt up to
-  `max_attempts` times in all. `seed` fixes the rephrasing style and the RefuseWeb speaker
-  names. `quality` (a transforms.quality.QualityGate of this kind, or True for the default
-  settings) reviews every usable reply: a text failing a check is retried, then dead-lettered
-  as `quality_<check>`. Outputs: DOCUMENTS (main) and DEAD_LETTER: every request ends in
-  exactly one of them (a batch that fails as a whole becomes `generation_error` dead letters);
-  REVIEWS: a QualityReview of every request (the report's quality figures and samples).
+  `RetryingGenerator` that checks each reply, asks again for a rejected one up to
+  `max_attempts` replies in all, and retries a request the endpoint failed for up to
+  `retry_budget_s` seconds, waiting `backoff_s` to `max_backoff_s` with jitter. `seed` fixes
+  the rephrasing style and the RefuseWeb speaker names. `quality` (a
+  transforms.quality.QualityGate of this kind, or True for the default settings) reviews every
+  usable reply: a text failing a check is retried, then dead-lettered as `quality_<check>`.
+  Outputs: DOCUMENTS (main) and DEAD_LETTER: every request ends in exactly one of them (a batch
+  that fails as a whole becomes `generation_error` dead letters); REVIEWS: a QualityReview of
+  every request (the report's quality figures and samples).
   """
 
   kind: str = ""
@@ -229,7 +232,8 @@ class GenerateFrom(beam.PTransform):
   def __init__(
       self, handler: ModelHandler, seed: int = 0, kind: str | None = None,
       label: str | None = None, max_attempts: int = 3, backoff_s: float = 1.0,
-      max_backoff_s: float = 30.0, quality: "QualityGate | bool | None" = None):
+      max_backoff_s: float = 30.0, quality: "QualityGate | bool | None" = None,
+      retry_budget_s: float = DEFAULT_RETRY_BUDGET_S):
     super().__init__(label)
     self.kind = kind or self.kind
     if self.kind not in _BRANCHES:
@@ -239,7 +243,7 @@ class GenerateFrom(beam.PTransform):
     self._handler = with_retries(
         handler, functools.partial(check_reply, self.kind), _BRANCHES[self.kind].stage,
         max_attempts=max_attempts, backoff_s=backoff_s, max_backoff_s=max_backoff_s,
-        review=quality or None)
+        retry_budget_s=retry_budget_s, review=quality or None)
     self._seed = seed
 
   @property

@@ -108,7 +108,11 @@ def quoted_source(prompt) -> str:
 class TextEncoder:
   """Embeddings of texts under the safety classifier's encoder: the exported graph's second
   output (`embedding`), windowed as scoring windows them. Loaded on first use, once per
-  process; None embeddings when the graph has no such output (then off_topic keeps texts)."""
+  process; None embeddings when the graph has no such output (then off_topic keeps texts).
+
+  `model_path` is the model location as `artifacts.settle_model` settled it where the graph
+  was built (the job's --classifier_model, also with --classifier_device=cuda); None: the
+  folder the image names in $SAFETY_PRETRAINING_CLASSIFIER. Nothing is built on a worker."""
 
   def __init__(self, model_path: str | None = None, window: int = 256, overlap: int = 32):
     self._model_path = model_path
@@ -126,9 +130,8 @@ class TextEncoder:
     if self._available is None:
       from models.classifier.chunking import Windower
       from models.classifier.handler import OnnxSafetyModelHandler, has_embedding, make_session
-      # the handler resolves the image's model and remote paths as scoring does
-      from models.classifier.artifacts import model_or_default
-      files = OnnxSafetyModelHandler(model_or_default(self._model_path)).model_files()
+      # the handler reads the image's model and downloads a remote one as scoring does
+      files = OnnxSafetyModelHandler(self._model_path).model_files()
       path = files.onnx
       self._session = make_session(path, intra_op_threads=1)
       self._windower = Windower(self._window, self._overlap,

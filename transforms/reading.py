@@ -23,6 +23,9 @@ from transforms.validation import (DEFAULT_MAX_CHARS, LONE_SURROGATE, check_fiel
 
 UNREADABLE_FAIL = "fail"
 UNREADABLE_DEAD_LETTER = "dead_letter"
+# ReadDocuments' output of the paths its pattern matched: an input that matched no file, or
+# files that hold no record, is the report's `empty_input` check to judge, not an error here.
+MATCHED_FILES = "matched_files"
 
 
 class UnreadableFileError(IOError):
@@ -152,7 +155,8 @@ class ReadDocuments(beam.PTransform):
   `UnreadableFileError` naming it, or with `unreadable_files="dead_letter"` becomes one dead
   letter. Returns {DOCUMENTS: valid Documents, DEAD_LETTER: every record that could not be read
   (stage `read`), failed `ValidateDocuments`' checks or had a wrong field type (stage
-  `validate`), or repeated an id (stage `deduplicate`)}.
+  `validate`), or repeated an id (stage `deduplicate`), MATCHED_FILES: the path of every file
+  the pattern matched}. A pattern that matches nothing gives empty outputs, wildcard or not.
   """
 
   def __init__(
@@ -165,9 +169,10 @@ class ReadDocuments(beam.PTransform):
         FieldNames(text_field, id_field, url_field, source_field), max_chars, unreadable_files)
 
   def expand(self, pbegin):
+    matched = pbegin | "MatchFiles" >> fileio.MatchFiles(
+        self._input_pattern, empty_match_treatment=fileio.EmptyMatchTreatment.ALLOW)
     files = (
-        pbegin
-        | "MatchFiles" >> fileio.MatchFiles(self._input_pattern)
+        matched
         | "SpreadFiles" >> beam.Reshuffle()
         | "ReadMatches" >> fileio.ReadMatches())
     outputs = apply_step(files, "ReadFiles", self._read_file)
@@ -175,4 +180,6 @@ class ReadDocuments(beam.PTransform):
     dead_letters = (
         (outputs[DEAD_LETTER], unique[DEAD_LETTER])
         | "ReadDeadLetters" >> beam.Flatten().with_output_types(DeadLetter))
-    return {DOCUMENTS: unique[DOCUMENTS], DEAD_LETTER: dead_letters}
+    paths = matched | "MatchedPaths" >> beam.Map(
+        lambda metadata: metadata.path).with_output_types(str)
+    return {DOCUMENTS: unique[DOCUMENTS], DEAD_LETTER: dead_letters, MATCHED_FILES: paths}

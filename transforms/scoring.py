@@ -19,6 +19,10 @@ from models.classifier.chunking import (
 from corpus.records import DEAD_LETTER, DOCUMENTS, STAGE_SCORE, Document
 from transforms.deadletter import count, failed_batch_dead_letters
 
+# The dead-letter reason of a document in a batch that inference failed on (the scoring stage's
+# and each safety gate's): a broken model or worker, never the document's content.
+INFERENCE_ERROR = "inference_error"
+
 
 def document_text(document: Document) -> str:
   return document.text
@@ -105,5 +109,5 @@ class ScoreSafety(beam.PTransform):
         DEAD_LETTER: failures.failed_inferences
         | "DocumentKeys" >> beam.Map(_document_keys)
         | "FailedBatches" >> beam.FlatMap(
-            failed_batch_dead_letters, self._stage, "inference_error"),
+            failed_batch_dead_letters, self._stage, INFERENCE_ERROR),
     }

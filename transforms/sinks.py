@@ -4,8 +4,10 @@ Both write the same way, so the files are byte-identical across runs and runners
 input: each record goes to the shard given by a stable hash of its key, every shard index is
 written (an empty shard is an empty file), the records in a shard are sorted, and a shard is
 written under a temporary name in its folder and renamed when complete, so a failed run leaves
-no partial file under a final name. A shard is sorted in memory: `num_shards=0` sizes the shard
-count from the data so that no shard passes a bound in records and bytes (the default at scale).
+no partial file under a final name. A shard is sorted in memory, so it is bounded in records and
+bytes: `num_shards=0` (the default) sizes the shard count from the data to keep each shard within
+both bounds, and a fixed count that would put more in a shard fails the run with an error that
+names the count it takes, before any shard is sorted.
 
 The document sink also writes a few sample documents per branch for the report card, to
 `{output_dir}/samples/<branch>.json`, chosen by a hash of their id so every runner picks the same.
@@ -71,8 +73,8 @@ def shard_name(shard: int, num_shards: int, suffix: str) -> str:
   return f"part-{shard:05d}-of-{num_shards:05d}{suffix}"
 
 
-# --num_shards=0: as many shards as it takes to keep each under both bounds (on average: the
-# hash spreads records evenly, so a shard is within a few percent of it).
+# A shard's bounds, on average (the hash spreads records evenly, so a shard is within a few
+# percent of it): --num_shards=0 takes as many shards as it takes to keep each within both.
 DEFAULT_MAX_SHARD_RECORDS = 50_000
 DEFAULT_MAX_SHARD_BYTES = 256 * 1024 * 1024
 
@@ -83,6 +85,31 @@ def shards_for(totals: typing.Tuple[int, int], max_records: int, max_bytes: int)
   return max(1, -(-records // max_records), -(-size // max_bytes))
 
 
+SHARDS_TOO_LARGE = "shards too large"  # how ShardTooLarge's message begins
+
+
+class ShardTooLarge(ValueError):
+  """A fixed shard count would put more records or bytes in a shard than its bounds allow."""
+
+
+def fixed_shards(totals: typing.Tuple[int, int], num_shards: int, max_records: int,
+                 max_bytes: int, label: str) -> int:
+  """`num_shards`, when it keeps each shard within both bounds on average; else ShardTooLarge,
+  naming the count that would (the one --num_shards=0 picks). The bounds are what one worker
+  sorts in memory: an error here, before any shard is grouped, instead of a worker lost to memory.
+  """
+  records, size = totals
+  needed = shards_for(totals, max_records, max_bytes)
+  if needed > num_shards:
+    raise ShardTooLarge(
+        f"{SHARDS_TOO_LARGE}: {label}: {records} records, {size} bytes in {num_shards} shards is "
+        f"{-(-records // num_shards)} records, {-(-size // num_shards)} bytes a shard, over the "
+        f"bounds of {max_records} records and {max_bytes} bytes (--max_shard_records, "
+        f"--max_shard_mb): pass --num_shards=0 (sized from the data) or --num_shards={needed} "
+        f"or more, or raise the bounds")
+  return num_shards
+
+
 class _SumRecordsAndBytes(beam.CombineFn):
   """(records, payload bytes) of a PCollection of (shard key, (sort key, payload))."""
 
@@ -90,7 +117,8 @@ class _SumRecordsAndBytes(beam.CombineFn):
     return 0, 0
 
   def add_input(self, accumulator, element):
-    return accumulator[0] + 1, accumulator[1] + len(element[1])
+    _, (_, payload) = element
+    return accumulator[0] + 1, accumulator[1] + len(payload)
 
   def merge_accumulators(self, accumulators):
     records, size = 0, 0
@@ -136,7 +164,8 @@ class _WriteShards(beam.PTransform):
 
   `num_shards` 0 sizes the shard count from the data (shards_for: at most `max_records` records
   and `max_bytes` bytes a shard), so a shard sorted in one worker's memory stays bounded however
-  large the input; the count is computed from the data, so every runner picks the same one.
+  large the input; the count is computed from the data, so every runner picks the same one. A
+  fixed `num_shards` is held to the same bounds (fixed_shards).
   """
 
   def __init__(self, directory: str, num_shards: int, shard_format: _ShardFormat, label: str,
@@ -165,13 +194,13 @@ class _WriteShards(beam.PTransform):
 
     entries = records | "Encode" >> beam.Map(encoded).with_output_types(
         typing.Tuple[str, typing.Tuple[str, bytes]])
+    totals = entries | "RecordsAndBytes" >> beam.CombineGlobally(_SumRecordsAndBytes())
     if self._num_shards:
-      num_shards = records.pipeline | "NumShards" >> beam.Create([self._num_shards])
+      num_shards = totals | "NumShards" >> beam.Map(
+          fixed_shards, self._num_shards, self._max_records, self._max_bytes, self._label)
     else:
-      num_shards = (
-          entries
-          | "RecordsAndBytes" >> beam.CombineGlobally(_SumRecordsAndBytes())
-          | "NumShards" >> beam.Map(shards_for, self._max_records, self._max_bytes))
+      num_shards = totals | "NumShards" >> beam.Map(
+          shards_for, self._max_records, self._max_bytes)
     shards = beam.pvalue.AsSingleton(num_shards)
     keyed = entries | "KeyByShard" >> beam.Map(key_by_shard, shards).with_output_types(
         typing.Tuple[int, typing.Tuple[str, bytes]])

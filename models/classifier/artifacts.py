@@ -1,28 +1,34 @@
 """The classifier as workers get it: a built model folder, found, staged and downloaded, no torch.
 
 A model folder holds the ONNX graph (`model.int8.onnx`, the one scored with, and `model.onnx`,
-fp32) and the `tokenizer.json` that texts are windowed with (`python -m models.classifier.export`
-writes all three). Workers install the package without extras, so they have ONNX Runtime and
-`tokenizers` but no torch, transformers or encoder package: they never build the model, only
-read it. Everything here therefore uses Beam's FileSystems and the standard library only.
+fp32), the `tokenizer.json` that texts are windowed with and `model.json`, the longest window
+the graph takes (`python -m models.classifier.export` writes them all). Workers install the
+package without extras, so they have ONNX Runtime and `tokenizers` but no torch, transformers
+or encoder package: they never build the model, only read it. Everything here therefore uses
+Beam's FileSystems, ONNX Runtime and the standard library only.
 
 - `--classifier_model` names a folder (its `model.int8.onnx` is scored with) or an `.onnx` file
   (with `tokenizer.json` beside it), local or on any filesystem Beam knows (gs://).
 - Without it, `$SAFETY_PRETRAINING_CLASSIFIER` names the model folder that the machine (a
   container image) holds; else a worker stops with `NoClassifierModel`, one line that says what
   to pass.
-- `launch_location` runs where the graph is built: with no `--classifier_model` it builds the
-  default model there (the `local` extra) and, for a runner whose workers are elsewhere, stages
-  it under the job's remote temp location, named by its content, so workers only download.
+- `settle_model` is the one place the model's location is decided, where the graph is built
+  (or a benchmark starts): with no `--classifier_model` it builds the default model there (the
+  `local` extra), checks that the model takes `--window`, and, for a runner whose workers are
+  elsewhere, stages it under the job's remote temp location, named by its content, so workers
+  only download. Every reader (the scorer, the safety gates, the quality gate's encoder, the
+  benchmarks) takes the location it settled, and none decides again.
 - `local_files` runs on workers: a remote model is downloaded once per machine, each file to a
-  unique temporary name and then renamed into place, so the SDK processes of one machine never
-  write the same file, and a reader never sees half a file.
+  unique temporary name and then renamed into place (`models.remote_files`, which the local
+  generator shares), so the SDK processes of one machine never write the same file, and a
+  reader never sees half a file.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -31,7 +37,11 @@ import tempfile
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from models.classifier.folder import INT8_NAME, TOKENIZER_NAME
+from models import remote_files
+from models.classifier.chunking import DEFAULT_OVERLAP, WindowError, check_window
+from models.classifier.folder import (INT8_NAME, MAX_POSITIONS, METADATA_NAME, TOKENIZER_NAME,
+                                      window_error)
+from models.remote_files import is_local
 
 LOG = logging.getLogger("models.classifier.artifacts")
 # The model folder a machine (the template image) holds, read when no --classifier_model is given.
@@ -67,10 +77,10 @@ class ModelFiles:
     """The folder of tokenizer.json, as `chunking.Windower(tokenizer_path=...)` takes it."""
     return FileSystems.split(self.tokenizer)[0]
 
-
-def is_local(path: str) -> bool:
-  """True for a path on this machine's filesystem (no scheme, or file://)."""
-  return FileSystems.get_scheme(path) in (None, "file")
+  @property
+  def metadata(self) -> str:
+    """The model.json beside tokenizer.json (absent in a folder exported before it)."""
+    return FileSystems.join(self.tokenizer_folder, METADATA_NAME)
 
 
 def files_of(location: str) -> ModelFiles:
@@ -112,51 +122,18 @@ def local_files(location: str | None) -> ModelFiles:
   return download(files)
 
 
-def _metadata(path: str):
-  return FileSystems.get_filesystem(path).metadata(path)
+_metadata = remote_files.metadata
 
 
 def download(files: ModelFiles, root: str | None = None) -> ModelFiles:
   """Copies remote model files into `root` (default: the machine's temporary folder) and returns
-  the local copies.
-
-  The copies go to `safety-classifier-<key>/`, the key a digest of each file's path, size and
-  modification time, so a model replaced at the same path is downloaded afresh. A file already
-  there with the right size is kept. Each file is written to a temporary name of its own
-  (mkstemp) in that folder and renamed into place (atomic on POSIX): SDK processes of one
-  machine that download at once each write their own file, and the last rename wins with the
-  same bytes.
-  """
-  sources = [_metadata(files.onnx), _metadata(files.tokenizer)]
-  key = hashlib.sha256("\n".join(
-      f"{m.path}\t{m.size_in_bytes}\t{m.last_updated_in_seconds}" for m in sources).encode())
-  folder = os.path.join(root or tempfile.gettempdir(), "safety-classifier-" + key.hexdigest()[:16])
-  os.makedirs(folder, exist_ok=True)
-  local = ModelFiles(os.path.join(folder, FileSystems.split(files.onnx)[1]),
-                     os.path.join(folder, TOKENIZER_NAME))
-  for source, target in zip(sources, (local.onnx, local.tokenizer)):
-    if os.path.exists(target) and os.path.getsize(target) == source.size_in_bytes:
-      continue
-    _download_file(source.path, target, source.size_in_bytes)
-  return local
-
-
-def _download_file(source: str, target: str, size: int) -> None:
-  folder, name = os.path.split(target)
-  handle, partial = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=folder)
-  try:
-    with os.fdopen(handle, "wb") as out, FileSystems.open(
-        source, compression_type=CompressionTypes.UNCOMPRESSED) as src:
-      shutil.copyfileobj(src, out, _BLOCK)
-    if os.path.getsize(partial) != size:
-      raise IOError(f"downloading {source}: got {os.path.getsize(partial)} bytes of {size}")
-    os.chmod(partial, 0o644)  # mkstemp's 0600 would hide it from the machine's other users
-    os.replace(partial, target)
-    LOG.info("classifier file %s downloaded to %s", source, target)
-  except BaseException:
-    if os.path.exists(partial):
-      os.unlink(partial)
-    raise
+  the local copies, in `safety-classifier-<key>/` (`remote_files.download`: the key covers each
+  file's path, size and modification time, so a model replaced at the same path is downloaded
+  afresh; each file goes to a temporary name of its own and is renamed into place)."""
+  onnx, tokenizer = remote_files.download(
+      [files.onnx, files.tokenizer], root or tempfile.gettempdir(), "safety-classifier",
+      [FileSystems.split(files.onnx)[1], TOKENIZER_NAME])
+  return ModelFiles(onnx, tokenizer)
 
 
 def content_digest(files: ModelFiles) -> str:
@@ -182,7 +159,10 @@ def stage(location: str, destination_root: str, upload: bool = True) -> str:
   files = _checked(location)
   target = FileSystems.join(destination_root, content_digest(files))
   onnx_name = FileSystems.split(files.onnx)[1]
-  for source, name in ((files.tokenizer, TOKENIZER_NAME), (files.onnx, onnx_name)):
+  copies = [(files.tokenizer, TOKENIZER_NAME), (files.onnx, onnx_name)]
+  if FileSystems.exists(files.metadata):  # read at the next launch, from the staged copy
+    copies.insert(0, (files.metadata, METADATA_NAME))
+  for source, name in copies:
     destination = FileSystems.join(target, name)
     if not upload:
       continue
@@ -210,16 +190,55 @@ def default_model_folder() -> str | None:
 
 
 def model_or_default(classifier_model: str | None) -> str | None:
-  """The one answer to "the given model, or the default": `classifier_model` when given; else
-  None when $SAFETY_PRETRAINING_CLASSIFIER is set (the image holds the model, and `local_files`
-  reads it there); else the default model folder, built here once (None without the `local`
-  extra). The launch (`launch_location`), the quality gate's encoder and the benchmarks use it.
-  """
+  """The given model or the default: `classifier_model` when given; else None when
+  $SAFETY_PRETRAINING_CLASSIFIER is set (the image holds the model, and `local_files` reads it
+  there); else the default model folder, built here once (None without the `local` extra).
+  The first step of `settle_model`; readers take what `settle_model` returns instead."""
   if classifier_model:
     return classifier_model
   if os.environ.get(IMAGE_MODEL_ENV):
     return None
   return default_model_folder()
+
+
+def max_positions(location: str) -> int | None:
+  """The longest window (tokens) the model at `location` takes, from its model.json alone (a
+  few bytes, on any filesystem: nothing else is read or downloaded); None for a folder exported
+  before model.json was written."""
+  path = files_of(location).metadata
+  if not FileSystems.exists(path):
+    return None
+  with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+    return int(json.loads(f.read().decode("utf-8"))[MAX_POSITIONS])
+
+
+def check_model_window(location: str | None, window: int, overlap: int = DEFAULT_OVERLAP) -> None:
+  """Raises WindowError (one line) when the model at `location` (None: the image's) cannot take
+  windows of `window` tokens, or `overlap` leaves windows that never advance, so a run that
+  would fail every scoring batch stops at launch instead.
+
+  The model's model.json says its maximum positions. A folder without one (an older export) is
+  tried instead: one window of `window` tokens through its graph (a remote model is downloaded
+  for it, as a worker would). No model at all is left to the workers' NoClassifierModel.
+  """
+  check_window(window, overlap)
+  location = location or os.environ.get(IMAGE_MODEL_ENV)
+  if not location:
+    return
+  positions = max_positions(location)
+  if positions is not None:
+    if window > positions:
+      raise WindowError(
+          f"--window={window} is longer than the classifier model at {location} takes: its "
+          f"position embeddings cover {positions} tokens ([CLS] and [SEP] included; "
+          f"{METADATA_NAME}); pass --window={positions} or less")
+    return
+  error = window_error(local_files(location).onnx, window)
+  if error:
+    raise WindowError(
+        f"--window={window}: the classifier model at {location} fails on a window of "
+        f"{window} tokens ({error}); its folder has no {METADATA_NAME} naming its maximum "
+        f"positions (`python -m models.classifier.export` writes one): pass a shorter --window")
 
 
 def workers_are_local(runner, options) -> bool:
@@ -240,19 +259,26 @@ def remote_temp_location(options) -> str | None:
   return temp if temp and not is_local(temp) else None
 
 
-def launch_location(classifier_model: str | None, runner, options) -> str | None:
-  """The --classifier_model the workers get, settled where the graph is built.
+def settle_model(classifier_model: str | None, runner=None, options=None,
+                 window: int | None = None, overlap: int = DEFAULT_OVERLAP) -> str | None:
+  """The model location every reader takes (the job's --classifier_model), settled once, where
+  the graph is built or a benchmark starts.
 
   - None, with $SAFETY_PRETRAINING_CLASSIFIER set: None, the image holds the model (the
     template image sets the variable for its launcher and workers alike).
   - None otherwise: the default model, built here once (cached); None, with a warning, where
     the `local` extra is missing (the workers then stop with NoClassifierModel).
-  - A local model, for a runner whose workers are elsewhere and a remote temp location: the
-    copy staged there (`stage`), so the workers download it; with a local temp location the
-    local path is kept (workers must see it, as on one machine's Flink cluster).
+  - With `window`, the model is checked to take it (`check_model_window`, WindowError), where
+    its files are read: before staging.
+  - A local model, with `runner` (and its `options`) a runner whose workers are elsewhere and
+    a remote temp location: the copy staged there (`stage`), so the workers download it; with
+    a local temp location the local path is kept (workers must see it, as on one machine's
+    Flink cluster). No `runner`: read here (a benchmark), kept as it is.
   - A remote model: as it is; the workers download it.
   """
   classifier_model = model_or_default(classifier_model)
+  if window is not None:
+    check_model_window(classifier_model, window, overlap)
   if classifier_model is None:
     if os.environ.get(IMAGE_MODEL_ENV):
       LOG.info("classifier: the model folder $%s names (%s), on the workers too",
@@ -260,7 +286,7 @@ def launch_location(classifier_model: str | None, runner, options) -> str | None
     else:
       LOG.warning("%s", NO_MODEL)
     return None
-  if not is_local(classifier_model) or workers_are_local(runner, options):
+  if runner is None or not is_local(classifier_model) or workers_are_local(runner, options):
     return classifier_model
   temp = remote_temp_location(options)
   if temp is None:

@@ -26,6 +26,8 @@ import typing
 
 import numpy as np
 
+from models.classifier import chunking
+
 MERGED_WEIGHTS = "merged.safetensors"
 ENCODER_CONFIG = "encoder_config.json"
 HEAD_CONFIG = "head.json"
@@ -105,10 +107,16 @@ class BatchedScorer:
     device: "cpu" or "cuda" (or "cuda:N").
     dtype: the encoder's dtype on CUDA: bfloat16 (default), float16 or float32; CPU runs fp32.
     max_batch_tokens: padded tokens per forward pass.
+    sentence_ends: the sentence-end ids of the model's tokenizer (`chunking.sentence_end_ids`),
+      for re-scoring uncertain windows sentence by sentence as ONNX scoring does
+      (`chunking.rescore_sentences`); empty (default): windows are scored as they are.
+    sentence_rescoring: which windows are uncertain and how large a sentence window is.
   """
 
   def __init__(self, classifier, device: str = "cpu", dtype: str = "bfloat16",
-               max_batch_tokens: int = 65536):
+               max_batch_tokens: int = 65536, sentence_ends: typing.Collection[int] = (),
+               sentence_rescoring: chunking.SentenceRescoring | None = (
+                   chunking.SENTENCE_RESCORING)):
     import torch
     if dtype not in DTYPES:
       raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
@@ -120,8 +128,14 @@ class BatchedScorer:
     classifier = classifier.eval().to(self.device)
     classifier.encoder.to(self.dtype)  # pooling output is cast to fp32 before the head
     self.classifier = classifier
+    self.sentence_ends = frozenset(sentence_ends)
+    self.sentence_rescoring = sentence_rescoring
 
   def __call__(self, windows: typing.Sequence[np.ndarray]) -> np.ndarray:
+    return chunking.rescore_sentences(windows, self._score(windows), self._score,
+                                      self.sentence_ends, self.sentence_rescoring)
+
+  def _score(self, windows: typing.Sequence[np.ndarray]) -> np.ndarray:
     import torch
     probs = np.zeros((len(windows), 6), dtype=np.float32)
     if not len(windows):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import typing
 
@@ -31,6 +32,22 @@ def load_tokenizer(path: str | None = None):
   return tokenizer
 
 
+class WindowError(ValueError):
+  """A --window or --overlap that scoring cannot use; the message (one line) says why."""
+
+
+def check_window(window: int, overlap: int) -> None:
+  """Raises WindowError unless windows of `window` tokens ([CLS] and [SEP] included) sharing
+  `overlap` content tokens advance through a text: at least 8 tokens, 0 <= overlap < window - 2."""
+  if window < 8:
+    raise WindowError(f"--window={window}: a window must be at least 8 tokens")
+  if not 0 <= overlap < window - 2:
+    raise WindowError(
+        f"--overlap={overlap} with --window={window}: the overlap must be at least 0 and less "
+        f"than the window's {window - 2} content tokens ([CLS] and [SEP] take 2), else "
+        f"consecutive windows never advance")
+
+
 class Windower:
   """Splits texts into token windows of at most `window` tokens ([CLS] and [SEP] included).
 
@@ -41,10 +58,7 @@ class Windower:
   def __init__(
       self, window: int = DEFAULT_WINDOW, overlap: int = DEFAULT_OVERLAP,
       tokenizer_path: str | None = None):
-    if window < 8:
-      raise ValueError(f"window must be at least 8 tokens, got {window}")
-    if not 0 <= overlap < window - 2:
-      raise ValueError(f"overlap must be in [0, window - 2), got {overlap}")
+    check_window(window, overlap)
     self.window = window
     self.overlap = overlap
     self.tokenizer_path = tokenizer_path
@@ -121,3 +135,96 @@ def document_score(window_probs: np.ndarray) -> tuple[int, list[float], list[int
       [float(p) for p in window_probs[deciding]],
       [int(s) for s in window_scores],
   )
+
+
+@dataclasses.dataclass(frozen=True)
+class SentenceRescoring:
+  """Where a window is re-scored sentence by sentence, and how large a sentence window is.
+
+  A window's features are the mean over its tokens, so one threatening sentence among 250
+  tokens of minutes moves them little: the window comes out 0 with a P(score >= 3) above that
+  of plain prose but far from a decision. A window is uncertain when `low <= P(score >= 3) <
+  high`; its content is then cut after each sentence end ('.', '!', '?'), pieces shorter than
+  `min_tokens` joined to the next and longer than `max_tokens` cut in `max_tokens` pieces, and
+  each piece is scored as a window of its own (the window's [CLS] ... [SEP] around it). The
+  window's probabilities become those of the deciding one (`deciding_window`) among the window
+  and its sentences: the maximum, as over a document's windows. A window of `max_tokens` or fewer
+  content tokens is already sentence-sized and never re-scored.
+  """
+  low: float
+  high: float
+  max_tokens: int = 64
+  min_tokens: int = 8
+
+  def __post_init__(self):
+    if not 0.0 <= self.low <= self.high <= 1.0:
+      raise ValueError(f"need 0 <= low <= high <= 1, got {self.low}, {self.high}")
+    if not 1 <= self.min_tokens <= self.max_tokens:
+      raise ValueError(f"need 1 <= min_tokens <= max_tokens, got {self.min_tokens}, "
+                       f"{self.max_tokens}")
+
+
+# The one setting every scoring path uses (handler.make_session attaches it to its session, so
+# the pipeline, the gates, evaluate and the benchmarks score alike; batched.BatchedScorer takes
+# it too); chosen on the dev split (`evaluate --json`: long_pages, by_band).
+SENTENCE_RESCORING = SentenceRescoring(low=0.02, high=0.5)
+SENTENCE_END_TOKENS = (".", "!", "?")
+
+
+def sentence_end_ids(tokenizer_path: str | None = None) -> frozenset[int]:
+  """The ids of the sentence-ending tokens in a tokenizer's vocabulary (those it has)."""
+  tokenizer = load_tokenizer(tokenizer_path)
+  return frozenset(i for i in map(tokenizer.token_to_id, SENTENCE_END_TOKENS) if i is not None)
+
+
+def sentence_windows(window: np.ndarray, end_ids: typing.Collection[int],
+                     settings: SentenceRescoring) -> list[np.ndarray]:
+  """A framed window's content cut into sentence-sized windows, each framed by the window's
+  own first and last tokens ([CLS] and [SEP])."""
+  window = np.asarray(window, dtype=np.int64)
+  content = window[1:-1]
+  ends = [i + 1 for i, token in enumerate(content.tolist()) if token in end_ids]
+  pieces, start = [], 0
+  for end in [*ends, len(content)]:
+    if end - start >= settings.min_tokens or end == len(content):
+      if end > start:
+        pieces.append((start, end))
+      start = end
+  if len(pieces) > 1 and pieces[-1][1] - pieces[-1][0] < settings.min_tokens:
+    pieces[-2:] = [(pieces[-2][0], pieces[-1][1])]  # a short tail joins the sentence before it
+  out = []
+  for start, end in pieces:
+    for cut in range(start, end, settings.max_tokens):
+      out.append(np.concatenate(
+          [window[:1], content[cut:min(cut + settings.max_tokens, end)], window[-1:]]))
+  return out
+
+
+def rescore_sentences(windows: typing.Sequence[np.ndarray], probs: np.ndarray, score,
+                      end_ids: typing.Collection[int],
+                      settings: SentenceRescoring | None = SENTENCE_RESCORING) -> np.ndarray:
+  """`probs` (windows, 6) with each uncertain window's row replaced by the deciding row among
+  it and its sentences' (`SentenceRescoring`); `score(windows) -> (n, 6)` scores the sentence
+  windows of all uncertain windows in one call. The same windows give the same rows: nothing
+  depends on the other windows of the call but the order they are scored in."""
+  probs = np.asarray(probs, dtype=np.float32)
+  if settings is None or not end_ids or not len(windows):
+    return probs
+  unsafe = probs[:, 3:].sum(axis=1)
+  uncertain = [i for i, window in enumerate(windows)
+               if settings.low <= unsafe[i] < settings.high
+               and len(window) - 2 > settings.max_tokens]
+  if not uncertain:
+    return probs
+  pieces, owners = [], []
+  for index in uncertain:
+    for piece in sentence_windows(windows[index], end_ids, settings):
+      pieces.append(piece)
+      owners.append(index)
+  piece_probs = np.asarray(score(pieces), dtype=np.float32).reshape(-1, 6)
+  owners = np.asarray(owners)
+  out = probs.copy()
+  for index in uncertain:
+    rows = np.concatenate([probs[index:index + 1], piece_probs[owners == index]])
+    out[index] = rows[deciding_window(rows)]
+  return out

@@ -23,8 +23,19 @@ Beside those keys, `--json` always carries:
   calibration error (the bin-size-weighted mean gap);
 - by_kind: for each kind of unsafe content (hate, self_harm, sexual, harmful_instructions,
   violence, and toxicity: insults and profanity; from each row's `category`), the number of unsafe (>= 3) texts and the
-  share of them predicted >= 3 and >= 4. `--by_threshold`, `--calibration` and `--by_kind`
-  print these as tables.
+  share of them predicted >= 3 and >= 4;
+- confusion: the 0-5 confusion matrix, `counts[label][predicted]`;
+- by_band: for each predicted score 0..5 and for the band 4-5, how many texts are predicted
+  in it and how often their label is in it too (`precision`: how often a predicted 4-5 is
+  really 4-5), or at least its lowest score (`precision_at_least`);
+- long_pages: the two false-positive figures of long safe text (MODEL_CARD.md): `long_benign`,
+  the score-0 texts of the long safe sources (LONG_BENIGN_SOURCES), and their share predicted
+  >= 1 (`fpr_score0`, FPR@1); `raw_pages`, every text of the raw web page sources (`rawpage_*`),
+  and the shares predicted >= 1 and >= 4 (`flagged_at_1`, `flagged_at_4`).
+`--by_threshold`, `--calibration`, `--by_kind` and `--confusion` print these as tables.
+
+Scoring is the pipeline's, sentence re-scoring of uncertain windows included
+(`chunking.SentenceRescoring`); `--no_sentence_rescoring` measures without it.
 """
 
 from __future__ import annotations
@@ -42,7 +53,9 @@ from models.classifier.handler import make_session, run_windows
 
 
 def score_texts(texts, model_path: str, window: int, overlap: int, batch_texts: int = 256,
-                max_batch_tokens: int = 0):
+                max_batch_tokens: int = 0,
+                sentence_rescoring: chunking.SentenceRescoring | None = (
+                    chunking.SENTENCE_RESCORING)):
   """(predicted scores, P(score >= 3) of the most unsafe window) for each text.
 
   `model_path` is a model location as the pipeline takes it (folder, or .onnx file with its
@@ -50,7 +63,7 @@ def score_texts(texts, model_path: str, window: int, overlap: int, batch_texts: 
   checkpoint exported with another vocabulary is measured as the pipeline scores with it."""
   from models.classifier import artifacts
   files = artifacts.local_files(model_path)
-  session = make_session(files.onnx)
+  session = make_session(files.onnx, sentence_rescoring=sentence_rescoring)
   windower = chunking.Windower(window, overlap, tokenizer_path=files.tokenizer_folder)
   scores, unsafe_probs = [], []
   for start in range(0, len(texts), batch_texts):
@@ -151,9 +164,60 @@ def by_kind(examples, labels: np.ndarray, predicted: np.ndarray) -> dict:
   return result
 
 
-def evaluate(examples, model_path: str, window: int, overlap: int) -> dict:
+def confusion(labels: np.ndarray, predicted: np.ndarray) -> dict:
+  """The 0-5 confusion matrix: counts[label][predicted]."""
+  counts = np.zeros((6, 6), dtype=np.int64)
+  np.add.at(counts, (labels, predicted), 1)
+  return {"rows": "label", "columns": "predicted", "counts": counts.tolist()}
+
+
+BANDS = {**{str(score): (score, score) for score in range(6)}, "4-5": (4, 5)}
+
+
+def by_band(labels: np.ndarray, predicted: np.ndarray) -> dict:
+  """For each band of predicted scores, how often a text predicted in it is labelled in it."""
+  rows = {}
+  for name, (low, high) in BANDS.items():
+    flagged = (predicted >= low) & (predicted <= high)
+    n_flagged = int(flagged.sum())
+    rows[name] = {
+        "n_predicted": n_flagged, "n_label": int(((labels >= low) & (labels <= high)).sum()),
+        "precision": _ratio(int((flagged & (labels >= low) & (labels <= high)).sum()), n_flagged),
+        "precision_at_least": _ratio(int((flagged & (labels >= low)).sum()), n_flagged)}
+  return rows
+
+
+# The long safe sources of the three labelled files (ethics_aita excluded: short posts), whose
+# score-0 texts give the long-benign FPR@1 of MODEL_CARD.md; and the raw web pages' prefix.
+LONG_BENIGN_SOURCES = (
+    "movie_reviews", "brown_corpus", "state_union", "reuters21578", "gutenberg", "wikitext2",
+    "cnn_dailymail", "dragnet_web", "scrapinghub_aeb", "trafilatura_eval", "ag_news")
+RAW_PAGE_PREFIX = "rawpage_"
+
+
+def long_pages(examples, labels: np.ndarray, predicted: np.ndarray) -> dict:
+  """False positives on long safe text: the long benign sources' FPR@1, the raw pages' shares
+  predicted >= 1 and >= 4 (null where the texts have none of them)."""
+  benign = np.asarray([e.source in LONG_BENIGN_SOURCES for e in examples], dtype=bool)
+  benign &= labels == 0
+  raw = np.asarray([e.source.startswith(RAW_PAGE_PREFIX) for e in examples], dtype=bool)
+  return {
+      "long_benign": {"n_score0": int(benign.sum()),
+                      "fpr_score0": _ratio(int((predicted[benign] >= 1).sum()), int(benign.sum()))},
+      "raw_pages": {"n": int(raw.sum()),
+                    "flagged_at_1": _ratio(int((predicted[raw] >= 1).sum()), int(raw.sum())),
+                    "flagged_at_4": _ratio(int((predicted[raw] >= 4).sum()), int(raw.sum())),
+                    "fpr_score0": _ratio(int((predicted[raw & (labels == 0)] >= 1).sum()),
+                                         int((raw & (labels == 0)).sum()))},
+  }
+
+
+def evaluate(examples, model_path: str, window: int, overlap: int,
+             sentence_rescoring: chunking.SentenceRescoring | None = (
+                 chunking.SENTENCE_RESCORING)) -> dict:
   labels = np.asarray([e.score for e in examples])
-  predicted, unsafe_prob = score_texts([e.text for e in examples], model_path, window, overlap)
+  predicted, unsafe_prob = score_texts([e.text for e in examples], model_path, window, overlap,
+                                       sentence_rescoring=sentence_rescoring)
   return evaluation(examples, labels, predicted, unsafe_prob)
 
 
@@ -171,11 +235,15 @@ def evaluation(examples, labels, predicted, unsafe_prob) -> dict:
       "by_threshold": by_threshold(labels, predicted),
       "calibration": calibration(labels, unsafe_prob),
       "by_kind": by_kind(examples, labels, predicted),
+      "confusion": confusion(labels, predicted),
+      "by_band": by_band(labels, predicted),
+      "long_pages": long_pages(examples, labels, predicted),
   }
 
 
-def format_extra_tables(result: dict, thresholds: bool, calibrated: bool, kinds: bool) -> str:
-  """The --by_threshold, --calibration and --by_kind tables."""
+def format_extra_tables(result: dict, thresholds: bool, calibrated: bool, kinds: bool,
+                        confused: bool = False) -> str:
+  """The --by_threshold, --calibration, --by_kind and --confusion tables."""
   def cell(value):
     return "-" if value is None else str(value) if isinstance(value, int) else f"{value:.4f}"
   lines = []
@@ -195,6 +263,14 @@ def format_extra_tables(result: dict, thresholds: bool, calibrated: bool, kinds:
     for kind, row in result["by_kind"].items():
       lines.append(f"{kind:<22}{row['n_unsafe']:>10}{cell(row['recall_at_3']):>13}"
                    f"{cell(row['recall_at_4']):>13}")
+  if confused:
+    lines += ["", "label \\ predicted" + "".join(f"{p:>8}" for p in range(6))]
+    for label, counts in enumerate(result["confusion"]["counts"]):
+      lines.append(f"{label:<18}" + "".join(f"{c:>8}" for c in counts))
+    lines += ["", "predicted band  n_predicted  n_label  precision  precision_at_least"]
+    for band, row in result["by_band"].items():
+      lines.append(f"{band:<16}{row['n_predicted']:>11}{row['n_label']:>9}"
+                   f"{cell(row['precision']):>11}{cell(row['precision_at_least']):>20}")
   return "\n".join(lines)
 
 
@@ -236,6 +312,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="also print the calibration table of P(score >= 3)")
   parser.add_argument("--by_kind", "--by_category", dest="by_kind", action="store_true",
                       help="also print Recall@3 per kind of unsafe content")
+  parser.add_argument("--confusion", action="store_true",
+                      help="also print the 0-5 confusion matrix and the precision per band")
+  parser.add_argument("--no_sentence_rescoring", action="store_true",
+                      help="score every window as it is, without re-scoring uncertain windows "
+                           "sentence by sentence (the scoring before it)")
   parser.add_argument("--json", action="store_true", help="print one JSON object")
   return parser
 
@@ -255,13 +336,15 @@ def main(argv=None):
   if model_path is None:
     from models.classifier.export import default_model_path
     model_path = default_model_path()
-  result = evaluate(examples, model_path, args.window, args.overlap)
+  result = evaluate(examples, model_path, args.window, args.overlap,
+                    None if args.no_sentence_rescoring else chunking.SENTENCE_RESCORING)
   if args.json:
     json.dump(result, sys.stdout, sort_keys=True)
     sys.stdout.write("\n")
   else:
     print(format_table(result))
-    extra = format_extra_tables(result, args.by_threshold, args.calibration, args.by_kind)
+    extra = format_extra_tables(result, args.by_threshold, args.calibration, args.by_kind,
+                                args.confusion)
     if extra:
       print(extra)
 

@@ -13,6 +13,11 @@ already gives the matrix products up to 256 rows; see benchmarks/classifier_thro
 With `max_batch_tokens > 0` (for GPUs), the windows of a batch are sorted by length and run in
 padded sub-batches of similar length under that token budget.
 
+A window whose P(score >= 3) is uncertain is scored once more sentence by sentence, and keeps the
+maximum (`chunking.SentenceRescoring`): a threat in one sentence of a long page is otherwise
+averaged away by the window's mean pooling. `run_windows` does it for every caller, from the
+setting and the tokenizer's sentence ends that `make_session` attaches to the session.
+
 The handler reads a built model folder (the ONNX graph and its tokenizer.json) and never builds
 one: workers have ONNX Runtime but no torch (`models.classifier.artifacts`). Where the graph is
 built, `beam_pipeline.pipeline` settles which model that is (the default one built and staged
@@ -27,14 +32,22 @@ import typing
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from models.classifier import artifacts
+from models.classifier import artifacts, chunking
+from models.classifier.folder import TOKENIZER_NAME
 
 Windows = typing.Union[np.ndarray, typing.Sequence[np.ndarray]]
 
 
 def make_session(model_path: str, device: str = "cpu", intra_op_threads: int = 0,
-                 spinning: bool = False):
-  """An ONNX Runtime session; options are built here since they cannot be pickled."""
+                 spinning: bool = False,
+                 sentence_rescoring: chunking.SentenceRescoring | None = chunking.SENTENCE_RESCORING):
+  """An ONNX Runtime session; options are built here since they cannot be pickled.
+
+  The session carries what `run_windows` needs to re-score uncertain windows sentence by
+  sentence (`chunking.SentenceRescoring`): the setting, and the sentence-end ids of the
+  tokenizer.json beside the graph (a graph without one, or `sentence_rescoring=None`: windows
+  are scored as they are)."""
+  import os
   import onnxruntime as ort
   options = ort.SessionOptions()
   options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -48,12 +61,28 @@ def make_session(model_path: str, device: str = "cpu", intra_op_threads: int = 0
   providers = ["CPUExecutionProvider"]
   if device == "cuda":
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-  return ort.InferenceSession(model_path, sess_options=options, providers=providers)
+  session = ort.InferenceSession(model_path, sess_options=options, providers=providers)
+  folder = os.path.dirname(os.path.abspath(model_path))
+  has_tokenizer = os.path.exists(os.path.join(folder, TOKENIZER_NAME))
+  session.sentence_rescoring = sentence_rescoring if has_tokenizer else None
+  session.sentence_ends = (chunking.sentence_end_ids(folder) if session.sentence_rescoring
+                           else frozenset())
+  return session
 
 
 def run_windows(session, windows: typing.Sequence[np.ndarray], max_batch_tokens: int = 0) -> np.ndarray:
   """Probabilities (len(windows), 6) for token windows: one call per window when
-  `max_batch_tokens` is 0, else length-sorted padded sub-batches under that token budget."""
+  `max_batch_tokens` is 0, else length-sorted padded sub-batches under that token budget.
+  Uncertain windows are re-scored sentence by sentence as the session says (`make_session`,
+  `chunking.rescore_sentences`): the same calls for the sentence windows."""
+  probs = _run_windows(session, windows, max_batch_tokens)
+  return chunking.rescore_sentences(
+      windows, probs, lambda pieces: _run_windows(session, pieces, max_batch_tokens),
+      getattr(session, "sentence_ends", ()), getattr(session, "sentence_rescoring", None))
+
+
+def _run_windows(session, windows: typing.Sequence[np.ndarray], max_batch_tokens: int) -> np.ndarray:
+  """`run_windows` without the sentence re-scoring."""
   probs = np.zeros((len(windows), 6), dtype=np.float32)
   order = sorted(range(len(windows)), key=lambda i: len(windows[i]))
   start = 0

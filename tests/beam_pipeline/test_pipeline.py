@@ -49,3 +49,40 @@ def test_resource_hints_are_refused_for_a_backend_that_leaves_gpus_idle():
     graph.generation_hints(_options("--generation_accelerator=type:nvidia-l4;count:1"))
   assert graph.generation_hints(_options(
       "--generator=vllm", "--vllm_model=m", "--generation_min_ram=16GB")) == {"min_ram": "16GB"}
+
+
+GPU_HINT = "type:nvidia-l4;count:1;install-nvidia-driver"
+
+
+def test_gpu_scoring_still_settles_the_onnx_folder_for_the_quality_gates_encoder(tmp_path):
+  """--classifier_device=cuda scores in PyTorch; the off_topic check embeds with the ONNX
+  graph, settled where the graph is built as for CPU scoring, and recorded in the job."""
+  import apache_beam as beam
+  from apache_beam.runners.direct.direct_runner import DirectRunner
+  from models.classifier import artifacts
+  options = _options("--classifier_device=cuda", f"--output={tmp_path / 'out'}")
+  pipeline = beam.Pipeline(runner=DirectRunner(), options=options)
+  scorer = graph.classifier_handler(options, pipeline)
+  assert type(scorer).__name__ == "TorchSafetyModelHandler"
+  settled = artifacts.settle_model(None)
+  assert settled and options.classifier_model == settled
+  assert pipeline.options.view_as(SafetyPretrainingOptions).classifier_model == settled
+  encoder = graph.quality_gate("rephrase", options).encoder
+  assert encoder.embed("A text about gardens.") is not None
+
+
+def test_the_classifier_accelerator_goes_with_gpu_scoring_only():
+  from apache_beam.runners.dataflow.dataflow_runner import DataflowRunner
+  assert graph.scoring_hints(_options()) == {}
+  assert graph.scoring_hints(_options(
+      "--classifier_device=cuda", f"--classifier_accelerator={GPU_HINT}")) == {
+          "accelerator": GPU_HINT}
+  with pytest.raises(ValueError, match="idle"):
+    graph.scoring_hints(_options(f"--classifier_accelerator={GPU_HINT}"))
+  # on Dataflow nothing else gives Score and the gates a GPU
+  with pytest.raises(ValueError, match="--classifier_accelerator="):
+    graph.scoring_hints(_options("--classifier_device=cuda"), DataflowRunner())
+  assert graph.scoring_hints(_options(
+      "--classifier_device=cuda", f"--dataflow_service_options=worker_accelerator={GPU_HINT}"),
+      DataflowRunner()) == {}
+  assert graph.scoring_hints(_options("--classifier_device=cuda")) == {}  # local GPUs, Flink

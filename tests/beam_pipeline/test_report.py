@@ -25,12 +25,64 @@ def test_run_statistics_keep_the_largest_sources_and_sum_the_rest_as_other():
     assert_that(record, equal_to([expected]))
 
 
-def test_empty_statistics_give_one_report_whose_checks_hold():
+def test_empty_statistics_give_one_report_that_fails_empty_input_unless_allowed():
+  """A run that read nothing gives one report too; its empty_input check fails, and holds only
+  where an empty input was allowed (--allow_empty_input)."""
   with beam.Pipeline("DirectRunner") as pipeline:
-    report = (pipeline | beam.Create([]).with_output_types(run_report.Tally)
-              | RunStatistics() | beam.Map(run_report.build_report))
-    assert_that(report | beam.Map(lambda r: (r["documents_read"], r["checks_hold"])),
-                equal_to([(0, True)]))
+    statistics = (pipeline | beam.Create([]).with_output_types(run_report.Tally)
+                  | RunStatistics())
+    verdicts = [
+        statistics | f"Report{allow}{mode}" >> beam.Map(
+            run_report.build_report, 0.5, mode, allow)
+        | f"Verdict{allow}{mode}" >> beam.Map(
+            lambda r: (r.get("mode", "curate"), r["documents_read"], r["checks_hold"],
+                       r["failed_checks"]))
+        for allow in (False, True) for mode in ("curate", "annotate")]
+    assert_that(verdicts | beam.Flatten(), equal_to([
+        ("curate", 0, False, ["empty_input"]), ("annotate", 0, False, ["empty_input"]),
+        ("curate", 0, True, []), ("annotate", 0, True, [])]))
+
+
+def test_the_empty_input_reason_says_whether_any_file_matched():
+  report = run_report.build_report({})
+  assert "matched no file" in run_report.failed_check_reason(report, "empty_input")
+  assert "--allow_empty_input" in run_report.failed_check_reason(report, "empty_input")
+  report = run_report.build_report({"read.files_matched": 2})
+  assert report["checks"]["input"] == {"files_matched": 2, "documents_read": 0,
+                                       "documents_valid": 0, "allow_empty_input": False,
+                                       "holds": False}
+  assert "the 2 files the input pattern (--input) matched hold no record" in (
+      run_report.failed_check_reason(report, "empty_input"))
+  assert "FAILED check empty_input" in run_report.summary(report)
+  annotate = run_report.build_report({}, mode="annotate")
+  assert "FAILED check empty_input" in run_report.summary(annotate)
+
+
+def test_scoring_that_loses_most_documents_to_failed_inference_fails():
+  counts = {"read.documents.valid": 10, "progress.documents_scored": 4, "write.raw": 4,
+            "score.dead_letter.inference_error": 6}
+  report = run_report.build_report(counts)
+  assert report["checks"]["originals"]["holds"]  # nothing lost: every failure is a dead letter
+  assert report["failed_checks"] == ["score_failures"]
+  assert report["checks"]["scoring"] == {"documents": 10, "failures": 6, "fraction": 0.6,
+                                         "max_fraction": 0.5, "holds": False}
+  assert "inference failed for 6 of 10 documents" in run_report.failed_check_reason(
+      report, "score_failures")
+  assert "FAILED check score_failures" in run_report.summary(report)
+  assert run_report.build_report(counts, max_failure_fraction=0.6)["checks_hold"]
+
+
+def test_the_safety_gates_failed_inference_counts_as_its_branchs_failures():
+  counts = _counts(requests=10, failed=0, unsafe=2)
+  counts["write.safeweb"] = 2
+  counts["gate_safeweb.dead_letter.inference_error"] = 6
+  report = run_report.build_report(counts)
+  entry = report["checks"]["generation"]["safeweb"]
+  assert entry["balanced"], entry
+  assert (entry["failures"], entry["gate_failures"], entry["rejected_by_gate"]) == (6, 6, 2)
+  assert report["failed_checks"] == ["safeweb_failures"]
+  assert "6 of them in the safety gate's scoring" in run_report.failed_check_reason(
+      report, "safeweb_failures")
 
 
 def _counts(requests: int, failed: int, unsafe: int, read: int = 10, unreadable: int = 0):

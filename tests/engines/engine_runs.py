@@ -81,3 +81,17 @@ def assert_same_bytes(reference: str, output: str) -> None:
   assert not different, (
       f"shards that differ from DirectRunner's: {different}; compare the records with "
       f"corpus.dataset.make_dataset on {reference} and {output}")
+
+
+def run_engine_failing(engine: str, output: str, *args: str,
+                       timeout: float = ENGINE_TIMEOUT_S) -> str:
+  """`run_engine` for a run that must fail: fails the test when it exits zero; returns its
+  output (stdout and stderr)."""
+  command = harness.private_network_command(
+      [sys.executable, os.path.join(os.path.dirname(__file__), "engine_harness.py"), engine,
+       output, *args])
+  done = subprocess.run(command, cwd=harness.REPO, capture_output=True, text=True,
+                        timeout=timeout, env=harness.child_environment(), check=False)
+  if done.returncode == 0:
+    pytest.fail(f"{engine} run succeeded, but it must fail:\n{done.stdout[-4000:]}")
+  return done.stdout + done.stderr

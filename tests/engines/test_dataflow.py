@@ -235,3 +235,48 @@ def test_template_flags_read_switches_as_flex_templates_pass_them():
   assert launch.template_flags(["--overwrite=true", "--seed=3"]) == ["--overwrite", "--seed=3"]
   assert launch.template_flags(["--overwrite=false"]) == []
   assert launch.template_flags(["--overwrite"]) == ["--overwrite"]
+
+
+def test_the_schedule_sizes_shards_from_the_data(launch_body):
+  """What one worker sorts in memory stays bounded: the schedule, like the default, sizes the
+  shard count from the data (--num_shards=0) instead of fixing it."""
+  from beam_pipeline import launch
+  from beam_pipeline.options import SafetyPretrainingOptions
+  options = SafetyPretrainingOptions(launch.template_flags(
+      [f"--{name}={value}" for name, value in launch_body["parameters"].items()]))
+  assert options.num_shards == 0
+  assert SafetyPretrainingOptions([]).num_shards == 0
+
+
+def _built_images() -> dict:
+  """{Dockerfile target: image} that templates/cloudbuild.yaml builds, substitutions filled in."""
+  with open(os.path.join(TEMPLATES, "cloudbuild.yaml"), encoding="utf-8") as f:
+    build = yaml.safe_load(f)
+
+  def filled(text):
+    return re.sub(r"\$\{(_\w+)\}", lambda m: build["substitutions"][m.group(1)], text)
+
+  images = {}
+  for step in build["steps"]:
+    args = step["args"]
+    targets = [arg.split("=", 1)[1] for arg in args if arg.startswith("--target=")]
+    assert len(targets) == 1, args
+    images[targets[0]] = filled(args[args.index("-t") + 1])
+  assert sorted(filled(image) for image in build["images"]) == sorted(images.values())
+  return images
+
+
+def test_the_schedule_runs_on_the_lean_image(launch_body):
+  """Cloud Build builds both targets of the Dockerfile; the scheduled launch runs on the cpu one,
+  which installs no `local` extra, so no torch (tests/e2e/reliability/test_lean_worker.py installs
+  each target's requirement set and checks it)."""
+  images = _built_images()
+  assert set(images) == {"cpu", "gpu"}
+  assert launch_body["environment"]["sdkContainerImage"] == images["cpu"]
+  with open(os.path.join(TEMPLATES, "Dockerfile"), encoding="utf-8") as f:
+    dockerfile = f.read()
+  stages = re.findall(r"^FROM \S+ AS (\w+)$", dockerfile, re.M)
+  assert {"cpu", "gpu"} <= set(stages) and stages[-1] == "cpu", stages  # cpu: the default target
+  packages = dict(re.findall(r"^ARG (CPU_PACKAGES|GPU_PACKAGES)=(\S+)$", dockerfile, re.M))
+  assert "local" not in packages["CPU_PACKAGES"] and "gcp" in packages["CPU_PACKAGES"], packages
+  assert "local" in packages["GPU_PACKAGES"], packages

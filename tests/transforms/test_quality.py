@@ -12,6 +12,7 @@ import json
 
 import pytest
 
+from models.classifier import artifacts
 from models.generators.backend import Generation, RetryingGenerator
 from models.generators.prompts import (KIND_MORAL_EDUCATION, KIND_REFUSEWEB, KIND_REPHRASE,
                                        build_prompt)
@@ -232,7 +233,7 @@ def test_a_rewrite_much_shorter_than_its_source_fails_too_short():
 
 @pytest.fixture(scope="module")
 def encoder():
-  return TextEncoder()
+  return TextEncoder(artifacts.settle_model(None))  # the shipped model, as a launch settles it
 
 
 # Real pairs from the benchmark (benchmarks/generation_quality.py, SmolLM2-135M, sources from
@@ -254,6 +255,17 @@ ON_TOPIC_REPLY = (
     "medical blog. I'm sure you're referring to the latest research on a groundbreaking "
     "treatment for Parkinson's disease. But let me tell you, there are some who don't believe "
     "in miracles.")
+
+
+def test_the_encoder_reads_the_settled_model_and_builds_none_on_a_worker(monkeypatch):
+  """None is the image's model ($SAFETY_PRETRAINING_CLASSIFIER), as for the scorer: a worker
+  without one stops with the one NoClassifierModel line, and builds no default model."""
+  monkeypatch.delenv(artifacts.IMAGE_MODEL_ENV, raising=False)
+  with pytest.raises(artifacts.NoClassifierModel, match="no classifier model"):
+    TextEncoder(None).embed("A text about gardens.")
+  monkeypatch.setenv(artifacts.IMAGE_MODEL_ENV, artifacts.settle_model(None))
+  embedding = TextEncoder(None).embed("A text about gardens.")
+  assert embedding.ndim == 1 and abs(float(embedding @ embedding) - 1) < 1e-5
 
 
 def test_the_exported_graph_has_probs_first_and_a_normalised_embedding(encoder):

@@ -262,11 +262,13 @@ def test_wordpiece_tokenizer_keeps_tag_as_one_id(output_dirs, tmp_path):
       1, 2, 999, 3, 4, 5]
 
 
-def _write_sized(output_dir: str, documents, max_records: int, *runner_args: str) -> dict:
+def _write_sized(output_dir: str, documents, max_records: int, *runner_args: str,
+                 max_bytes: int = sinks.DEFAULT_MAX_SHARD_BYTES, num_shards: int = 0) -> dict:
   pipeline = beam.Pipeline(options=PipelineOptions(
       ["--runner=DirectRunner", *runner_args]))
   _ = (pipeline | beam.Create(documents)
-       | sinks.WriteDocuments(output_dir, BRANCH, 0, samples=0, max_records=max_records))
+       | sinks.WriteDocuments(output_dir, BRANCH, num_shards, samples=0, max_records=max_records,
+                              max_bytes=max_bytes))
   pipeline.run().wait_until_finish()
   folder = os.path.join(output_dir, BRANCH)
   return {name: open(os.path.join(folder, name), "rb").read()
@@ -289,3 +291,39 @@ def test_shards_sized_from_the_data_stay_bounded_and_identical_across_runners(tm
   assert sinks.shards_for((230, 10**6), 25, 10**9) == 10
   assert sinks.shards_for((10, 5 * 2**20), 25, 2**20) == 5  # the byte bound
   assert sinks.shards_for((0, 0), 25, 2**20) == 1
+
+
+def _sized_documents(count: int):
+  return [DOCUMENTS[i % len(DOCUMENTS)]._replace(id=f"sized-{i:04d}", text=f"{i} " * 40)
+          for i in range(count)]
+
+
+def test_the_byte_bound_sizes_the_shards_from_the_serialized_records(tmp_path):
+  """--num_shards=0 counts each record's serialized bytes against the byte bound: 230 documents
+  with a bound of a fifth of their bytes make ceil(bytes / bound) shards, whatever the record
+  bound, and no shard holds much more than the bound."""
+  documents = _sized_documents(230)
+  size = sum(len(schema.document_to_example_bytes(doc)) for doc in documents)
+  bound = size // 5
+  expected = -(-size // bound)
+  assert expected >= 5
+  written = _write_sized(str(tmp_path), documents, 10**6, max_bytes=bound)
+  assert sorted(written) == [
+      f"part-{s:05d}-of-{expected:05d}.tfrecord.gz" for s in range(expected)]
+  shard_bytes = [
+      sum(len(record.numpy()) for record in tf.data.TFRecordDataset(
+          os.path.join(str(tmp_path), BRANCH, name), compression_type="GZIP"))
+      for name in sorted(written)]
+  assert sum(shard_bytes) == size and max(shard_bytes) <= 2 * bound, shard_bytes
+
+
+def test_a_fixed_shard_count_over_the_bounds_fails_before_writing_a_shard(tmp_path):
+  """A fixed count is held to the same bounds: 230 documents in 4 shards of at most 25 records
+  fail the run, with an error that names the count that holds them (ceil(230 / 25) = 10)."""
+  too_large = r"shards too large: safeweb: 230 records.* in 4 shards.*--num_shards=10 or more"
+  with pytest.raises(Exception, match=too_large):
+    _write_sized(str(tmp_path), _sized_documents(230), 25, num_shards=4)
+  assert not glob.glob(os.path.join(str(tmp_path), BRANCH, "part-*"))
+  # within the bounds, the fixed count is kept
+  written = _write_sized(str(tmp_path / "ten"), _sized_documents(230), 25, num_shards=12)
+  assert sorted(written) == [f"part-{s:05d}-of-00012.tfrecord.gz" for s in range(12)]

@@ -181,8 +181,11 @@ def _exercise(workdir: str) -> dict:
       "refused": refused,
       "gs_names": sorted(gs_files),
       "local_names": sorted(local_files),
+      # Each run's .committed_run names its own run id; every other file is the same.
       "different": sorted(name for name in local_files
-                          if gs_files.get(name) != local_files[name]),
+                          if gs_files.get(name) != local_files[name]
+                          and name != ".committed_run"),
+      "gs_committed_run": json.loads(gs_files.get(".committed_run", b"null")),
       "model_copies": model_copies,
       "model_sha256": {name: _sha256(os.path.join(os.path.dirname(model), name))
                        for name in ("model.int8.onnx", "tokenizer.json")},

@@ -76,6 +76,7 @@ def test_gs_paths_through_beam_filesystems_and_google_cloud_storage(tmp_path):
   assert found["gs_names"] == found["local_names"]
   assert "report.json" in found["gs_names"] and "report.html" in found["gs_names"]
   assert found["different"] == []
+  assert set(found["gs_committed_run"]) == {"run_id"}  # the run the overwriting commit names
   assert found["local_report"] == report == found["overwrite_report"]
   # The first run committed its files and left no staging objects behind.
   assert [name for name in found["objects_after_first"] if "/.staging/" in name] == []

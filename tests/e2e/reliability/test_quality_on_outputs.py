@@ -27,6 +27,7 @@ from beam_pipeline import run as entry
 from beam_pipeline.options import SAMPLE_INPUT, SafetyPretrainingOptions
 from benchmarks import generation_quality
 from corpus.records import MORAL_EDUCATION, REFUSEWEB, SAFEWEB
+from models.classifier import artifacts
 from models.generators.prompts import MAX_DOCUMENT_CHARS, defuse, excerpt
 from transforms.quality_checks import BRANCH_KINDS, REASON_PREFIX, REASONS
 from transforms.tagging import count_tags
@@ -74,7 +75,9 @@ def quality_run(tmp_path_factory):
   args = [f"--input={inputs}/*.jsonl", f"--output={output}", "--num_shards=1",
           "--max_new_tokens=96"]
   report = entry.run(["--runner=DirectRunner", *args])
-  return output, report, sources, SafetyPretrainingOptions(args)
+  # the model the run settled at launch, which the gates' encoder reads again here
+  model = f"--classifier_model={artifacts.settle_model(None)}"
+  return output, report, sources, SafetyPretrainingOptions(args + [model])
 
 
 def test_every_generated_text_passes_every_check(quality_run):

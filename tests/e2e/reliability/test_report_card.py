@@ -89,7 +89,8 @@ def _expected_figures(report: dict) -> dict:
     walk(f"checks/originals/{name}", value)
   for branch, entry in report["checks"]["generation"].items():
     walk(f"checks/generation/{branch}", entry)
-  walk("checks/read", report["checks"]["read"])
+  for check in ("read", "input", "scoring"):
+    walk(f"checks/{check}", report["checks"][check])
   return figures
 
 

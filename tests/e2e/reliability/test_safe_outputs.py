@@ -21,6 +21,8 @@ from beam_pipeline import run as entry
 from beam_pipeline import output_folder
 from beam_pipeline.output_folder import OutputExistsError, StagedOutput
 
+from tests.e2e.generation.servers import free_port
+
 from .conftest import REPO, output_tree, pipeline_command, run_pipeline, subprocess_env
 
 WORDS = ("the a river forest bread recipe garden music lesson history city train market school "
@@ -93,7 +95,10 @@ def test_a_second_run_into_a_used_folder_is_refused_unless_overwrite(tmp_path):
     f.write("left by hand")
   report = entry.run(_args(input_path, output, "--overwrite"))
   assert report["checks_hold"]
-  assert output_tree(output) == first  # the stray file is gone: the folder is this run's alone
+  # The stray file is gone: the folder is this run's alone, the record names the new run.
+  second = output_tree(output)
+  assert second.pop(output_folder.COMMITTED_RUN) != first.pop(output_folder.COMMITTED_RUN)
+  assert second == first
 
 
 def test_a_run_killed_midway_then_overwritten_equals_one_clean_run(tmp_path):
@@ -129,9 +134,49 @@ def test_a_run_killed_midway_then_overwritten_equals_one_clean_run(tmp_path):
   # The killed run's staging folder is recent, so as far as the rerun can tell it may still be
   # running: it is kept, and stays out of the output.
   assert glob.glob(staged_shards)
+  # Byte for byte what a clean run gives, but for the record of the run id it belongs to.
   recovered = {name: data for name, data in output_tree(output).items()
-               if not name.startswith(".staging" + os.sep)}
+               if not name.startswith(".staging" + os.sep) and name != ".committed_run"}
   expected = output_tree(clean)
+  del expected[".committed_run"]
   assert sorted(recovered) == sorted(expected)
   assert [name for name in expected if recovered[name] != expected[name]] == []
   assert len([name for name in expected if "part-" in name]) == 6 * 4  # 5 branches, dead letters
+
+
+@pytest.mark.slow
+def test_a_failing_run_with_overwrite_leaves_the_good_output_and_reports_under_failed(tmp_path):
+  """The schedule's day with the endpoint down: a good run, then a run with --overwrite whose
+  every generation request fails (a real connection error: nothing listens on the endpoint's
+  port on 127.0.0.1). The failed run replaces nothing: the good run's files stay byte for byte,
+  its report goes to .failed/<run id>/ with its report card and dead letters, and the command
+  prints the summary and the failed checks and exits 1, with no traceback."""
+  output = str(tmp_path / "out")
+  good = run_pipeline(f"--output={output}", "--generation=off", "--num_shards=1")
+  assert good.returncode == 0, good.stderr[-3000:]
+  first = output_tree(output)
+  assert json.loads(first["report.json"])["checks_hold"]
+
+  failing = run_pipeline(
+      f"--output={output}", "--overwrite", "--num_shards=1", "--generator=openai",
+      f"--openai_base_url=http://127.0.0.1:{free_port()}/v1", "--openai_api_key_env=none",
+      "--max_attempts=1", "--request_timeout_s=5")
+  assert failing.returncode == 1, failing.stderr[-3000:]
+  assert "error: check safeweb_failures failed" in failing.stderr, failing.stderr[-3000:]
+  assert "Traceback" not in failing.stderr, failing.stderr[-3000:]
+  assert "FAILED check safeweb_failures" in failing.stdout
+  after = output_tree(output)
+  failed = {name: data for name, data in after.items() if name.startswith(".failed" + os.sep)}
+  assert {name: data for name, data in after.items() if name not in failed} == first
+  (run_id,) = {name.split(os.sep)[1] for name in failed}
+  folder = os.path.join(".failed", run_id)
+  assert f"report: {os.path.join(output, folder, 'report.json')}" in failing.stdout
+  report = json.loads(failed[os.path.join(folder, "report.json")])
+  assert not report["checks_hold"] and "safeweb_failures" in report["failed_checks"]
+  assert b"a check FAILS" in failed[os.path.join(folder, "report.html")]
+  # The dead letters say why: every failed request is one, kept beside the report.
+  dead_letters = [name for name in failed if name.startswith(os.path.join(folder, "dead_letter"))]
+  assert dead_letters and report["dead_letters"]["rephrase"] == {
+      "generation_connection_error": report["checks"]["generation"]["safeweb"]["requests"]}
+  assert not [name for name in failed if "part-" in name and "dead_letter" not in name]
+  assert not os.path.exists(os.path.join(output, output_folder.STAGING_DIR))

@@ -47,7 +47,8 @@ def test_template_launch_exits_0_and_its_graph_commits_itself(tmp_path):
   # only download it: lean workers have no torch to build it with).
   staged = sorted(name for name in found["objects"]
                   if name.startswith("tmp/safety-pretraining/classifier/"))
-  assert [name.rsplit("/", 1)[1] for name in staged] == ["model.int8.onnx", "tokenizer.json"]
+  assert [name.rsplit("/", 1)[1] for name in staged] == [
+      "model.int8.onnx", "model.json", "tokenizer.json"]
   folder = staged[0].rsplit("/", 1)[0]
   options = spec["environment"]["sdkPipelineOptions"]["options"]
   assert options["classifier_model"] == f"gs://safety-pretraining-test/{folder}", options

@@ -5,7 +5,9 @@ tests/e2e/reliability/test_lean_worker.py."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -13,6 +15,7 @@ from apache_beam.runners.direct.direct_runner import DirectRunner
 from apache_beam.runners.portability.portable_runner import PortableRunner
 
 from models.classifier import artifacts
+from models.classifier.chunking import WindowError
 
 
 @pytest.fixture
@@ -47,7 +50,7 @@ def test_the_image_model_is_read_where_no_model_is_given(monkeypatch, folder):
   monkeypatch.setenv(artifacts.IMAGE_MODEL_ENV, str(folder))
   assert artifacts.local_files(None).onnx == str(folder / artifacts.INT8_NAME)
   # the launcher leaves it to the workers, which run the same image
-  assert artifacts.launch_location(None, PortableRunner(), PipelineOptions([])) is None
+  assert artifacts.settle_model(None, PortableRunner(), PipelineOptions([])) is None
 
 
 def test_download_is_once_per_machine_through_a_temporary_name(tmp_path, folder):
@@ -81,10 +84,62 @@ def test_staging_is_named_by_content_and_uploads_once(tmp_path, folder):
 
 def test_local_models_stay_local_where_the_workers_can_read_them(folder):
   options = PipelineOptions([])
-  assert artifacts.launch_location(str(folder), DirectRunner(), options) == str(folder)
+  assert artifacts.settle_model(str(folder), DirectRunner(), options) == str(folder)
   loopback = PipelineOptions(["--environment_type=LOOPBACK"])
-  assert artifacts.launch_location(str(folder), PortableRunner(), loopback) == str(folder)
+  assert artifacts.settle_model(str(folder), PortableRunner(), loopback) == str(folder)
   # workers elsewhere, but no remote temp location to stage to: the path is kept (with a warning)
-  assert artifacts.launch_location(str(folder), PortableRunner(), options) == str(folder)
-  assert artifacts.launch_location("gs://b/classifier", PortableRunner(), options) == (
+  assert artifacts.settle_model(str(folder), PortableRunner(), options) == str(folder)
+  assert artifacts.settle_model("gs://b/classifier", PortableRunner(), options) == (
       "gs://b/classifier")
+
+
+def _write_positions(folder, positions: int) -> None:
+  (folder / artifacts.METADATA_NAME).write_text(json.dumps({artifacts.MAX_POSITIONS: positions}))
+
+
+def test_the_window_is_checked_against_the_model_json_where_the_model_is_settled(folder):
+  _write_positions(folder, 128)
+  assert artifacts.max_positions(str(folder)) == 128
+  assert artifacts.max_positions(str(folder / artifacts.INT8_NAME)) == 128  # an .onnx location
+  assert artifacts.settle_model(str(folder), window=128) == str(folder)
+  with pytest.raises(WindowError) as too_long:
+    artifacts.settle_model(str(folder), window=200)
+  message = str(too_long.value)
+  assert message.startswith("--window=200 is longer than the classifier model at ")
+  assert "128 tokens" in message and "--window=128 or less" in message
+  assert "\n" not in message
+
+
+def test_an_overlap_that_never_advances_is_refused_at_launch(folder):
+  _write_positions(folder, 512)
+  with pytest.raises(WindowError, match=r"--overlap=62 with --window=64: .* 62 content tokens"):
+    artifacts.settle_model(str(folder), window=64, overlap=62)
+  with pytest.raises(WindowError, match="at least 8 tokens"):
+    artifacts.settle_model(str(folder), window=4, overlap=0)
+  artifacts.settle_model(str(folder), window=64, overlap=61)
+
+
+def test_a_model_without_model_json_is_tried_with_one_window(tmp_path):
+  """An export from before model.json: its graph runs one window of --window tokens."""
+  from models.classifier.export import ensure_exported
+  shipped = ensure_exported()
+  old = tmp_path / "old"
+  old.mkdir()
+  for name in ("int8", "tokenizer"):
+    shutil.copy(shipped[name], old)
+  assert artifacts.max_positions(str(old)) is None
+  artifacts.check_model_window(str(old), 512)
+  with pytest.raises(WindowError, match="fails on a window of 513 tokens"):
+    artifacts.check_model_window(str(old), 513)
+
+
+def test_the_default_model_knows_its_positions():
+  from models.classifier.export import ensure_exported
+  shipped = ensure_exported()
+  assert artifacts.max_positions(os.path.dirname(shipped["int8"])) == 512
+
+
+def test_staging_carries_model_json(tmp_path, folder):
+  _write_positions(folder, 300)
+  staged = artifacts.stage(str(folder), str(tmp_path / "staged"))
+  assert artifacts.max_positions(staged) == 300

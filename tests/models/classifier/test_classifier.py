@@ -153,7 +153,8 @@ def test_evaluate_reports_every_figure(tmp_path, shipped):
   result = evaluate.evaluate(data.read_labels(str(labels)), shipped["int8"], 256, 32)
   expected = {"n", "n_score0", "macro_f1", "recall_at_1", "precision_at_1", "recall_at_3",
               "precision_at_3", "auroc", "auprc", "fpr_score0"}
-  assert set(result) == {"overall", "by_source", "by_threshold", "calibration", "by_kind"}
+  assert set(result) == {"overall", "by_source", "by_threshold", "calibration", "by_kind",
+                         "confusion", "by_band", "long_pages"}
   assert set(result["overall"]) == expected
   assert set(result["by_source"]["fixture"]) == expected
   assert result["overall"]["auroc"] > 0.9
@@ -164,6 +165,10 @@ def test_evaluate_reports_every_figure(tmp_path, shipped):
   assert result["by_threshold"]["3"]["n_positive"] == 40
   calibration = result["calibration"]
   assert sum(row["n"] for row in calibration["bins"]) == 80 and 0 <= calibration["ece"] <= 1
+  counts = np.asarray(result["confusion"]["counts"])
+  assert counts.shape == (6, 6) and counts.sum() == 80 and counts[[0, 4]].sum() == 80
+  assert result["by_band"]["4-5"]["n_label"] == 40
+  assert result["by_band"]["4-5"]["n_predicted"] == counts[:, 4:].sum()
 
 
 def test_threshold_calibration_and_kind_tables_count_right():
@@ -200,14 +205,15 @@ def _check(scores):
   assert len(scores) == 2 and scores[0] == 0 and scores[1] >= 3, scores
 
 
-def _tiny_checkpoint(folder, num_labels=6):
+def _tiny_checkpoint(folder, num_labels=6, max_positions=512):
   """A small BERT sequence classifier of the standard architecture, saved as a checkpoint,
   with the encoder package's fast tokenizer (same vocabulary)."""
   import shutil
   from transformers import BertConfig, BertForSequenceClassification
   torch.manual_seed(7)
   config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2,
-                      num_attention_heads=2, intermediate_size=64, num_labels=num_labels)
+                      num_attention_heads=2, intermediate_size=64, num_labels=num_labels,
+                      max_position_embeddings=max_positions)
   BertForSequenceClassification(config).eval().save_pretrained(folder)
   shutil.copyfile(os.path.join(chunking.encoder_dir(), "tokenizer.json"),
                   os.path.join(folder, "tokenizer.json"))
@@ -237,6 +243,20 @@ def test_any_hf_checkpoint_exports_to_the_same_contract(tmp_path):
               | beam.Map(lambda r: (r.inference.shape[1], round(float(r.inference.sum()))
                                     // r.inference.shape[0])))
     assert_that(shapes, equal_to([(6, 1)] * 3))
+
+
+def test_an_hf_export_says_its_maximum_positions_and_the_launch_reads_them(tmp_path):
+  """--window is checked at launch against the exported model.json: a checkpoint with 128
+  positions takes --window=128 and stops a launch with --window=200 before any job."""
+  from models.classifier import artifacts
+  checkpoint = _tiny_checkpoint(str(tmp_path / "checkpoint"), max_positions=128)
+  out = tmp_path / "onnx"
+  export.main(["--hf_model", checkpoint, "--output_dir", str(out)])
+  with open(out / "model.json", encoding="utf-8") as f:
+    assert json.load(f) == {"max_positions": 128}
+  assert artifacts.settle_model(str(out), window=128) == str(out)
+  with pytest.raises(chunking.WindowError, match="--window=200 is longer .* 128 tokens"):
+    artifacts.settle_model(str(out), window=200)
 
 
 def test_a_checkpoint_without_six_labels_is_refused(tmp_path):
