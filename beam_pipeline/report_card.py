@@ -301,6 +301,8 @@ def _checks_section(report: dict) -> str:
         "<tr><td>empty input</td><td>records read "
         f'{_number("checks/input/documents_read", given["documents_read"])} from '
         f'{_number("checks/input/files_matched", given["files_matched"])} files matched'
+        + (f', {_number("checks/input/documents_valid", given["documents_valid"])} of them '
+           "valid" if "documents_valid" in given else "")
         + (" (an empty input allowed)" if given["allow_empty_input"] else ", at least 1")
         + f"</td><td>{verdict(given['holds'])}</td></tr>"))
   return ("<h2>Checks: nothing lost</h2><table><tr><th>check</th><th>equation</th><th></th></tr>"
