@@ -41,7 +41,8 @@ sys.path.insert(0, ROOT)
 # pylint: disable=wrong-import-position
 from beam_pipeline import pipeline as graph  # noqa: E402
 from beam_pipeline.options import SafetyPretrainingOptions  # noqa: E402
-from models.generators.backend import RetryingGenerator  # noqa: E402
+from models.classifier import artifacts  # noqa: E402
+from models.generators.backend import RetryingGenerator, as_generation  # noqa: E402
 from models.generators.prompts import (KIND_MORAL_EDUCATION, KIND_REFUSEWEB,  # noqa: E402
                                        KIND_REPHRASE, build_prompt, pick_style)
 from corpus.records import Document  # noqa: E402
@@ -123,15 +124,15 @@ class TokenCounter:
 
 
 class SafetyGate:
-  """The shipped classifier's score of a text, as the pipeline's SafetyGate computes it."""
+  """The classifier's score of a text, as the pipeline's SafetyGate computes it, from the model
+  location `artifacts.settle_model` settled (the one the quality gate's encoder reads too)."""
 
-  def __init__(self, model_path, max_score: int):
+  def __init__(self, model_path, max_score: int, window: int, overlap: int):
     from models.classifier import chunking
     from models.classifier.handler import OnnxSafetyModelHandler, make_session
-    from models.classifier.artifacts import model_or_default
-    files = OnnxSafetyModelHandler(model_or_default(model_path)).model_files()
+    files = OnnxSafetyModelHandler(model_path).model_files()
     self._session = make_session(files.onnx)
-    self._windower = chunking.Windower(tokenizer_path=files.tokenizer_folder)
+    self._windower = chunking.Windower(window, overlap, tokenizer_path=files.tokenizer_folder)
     self._max_score = max_score
 
   def score(self, text: str) -> int:
@@ -154,25 +155,52 @@ def generate(retrying: RetryingGenerator, model, prompts: list, batch_size: int)
   return results, time.monotonic() - started
 
 
+class ReplyRecorder:
+  """The backend as RetryingGenerator calls it, keeping every attempt's whole reply and how it
+  stopped, per prompt: the `replies` of each request in `--output` (what benchmarks/judged/
+  labels; the rows' `output` is only the final text, cut, and a reply the dialogue check
+  rejected has no review at all)."""
+
+  def __init__(self, backend):
+    self._backend = backend
+    self.replies: dict[int, list] = collections.defaultdict(list)  # id(prompt) -> attempts
+
+  def __getattr__(self, name):  # everything else is the backend's (metrics namespace, ...)
+    return getattr(self._backend, name)
+
+  def run_inference(self, batch, model, inference_args=None):
+    results = list(self._backend.run_inference(batch, model, inference_args))
+    for prompt, result in zip(batch, results):
+      generation = as_generation(result.inference)
+      self.replies[id(prompt)].append({"text": generation.text, "error": generation.error,
+                                       "finish_reason": generation.finish_reason})
+    return results
+
+
 def run_branch(kind, docs, options, handler, model, gate, counter, rows):
   """Generates `kind` for `docs` ((id, source text, style) triples); appends one row per
   request to `rows`; returns the texts that passed both gates, by id."""
   quality_gate = graph.quality_gate(kind, options)
+  recorder = ReplyRecorder(handler)
+  # a tree without --retry_budget_s (abc53c1, where benchmarks/judged/ generated) retries
+  # within --max_attempts alone
+  budget = ({"retry_budget_s": options.retry_budget_s}
+            if hasattr(options, "retry_budget_s") else {})
   retrying = RetryingGenerator(
-      handler, lambda text: check_reply(kind, text), max_attempts=options.max_attempts,
+      recorder, lambda text: check_reply(kind, text), max_attempts=options.max_attempts,
       backoff_s=options.retry_backoff_s, max_backoff_s=options.max_backoff_s,
-      stage=kind, review=quality_gate)
+      stage=kind, review=quality_gate, **budget)
   prompts = [build_prompt(kind, text, style) for _, text, style in docs]
   print(f"{kind}: {len(prompts)} prompts", file=sys.stderr, flush=True)
   generations, seconds = generate(retrying, model, prompts, handler.max_batch_size)
   passed = {}
   tokens = 0
-  for (doc_id, source, style), generation in zip(docs, generations):
+  for (doc_id, source, style), generation, prompt in zip(docs, generations, prompts):
     text = _without_quote_markers(generation.text)
     tokens += counter(generation.text)
     row = {"id": doc_id, "kind": kind, "style": style or "all", "reason": generation.error,
            "attempts": json.loads(generation.quality or "[]"), "source": source[:400],
-           "output": text[:600], "safety": None}
+           "output": text[:600], "safety": None, "replies": recorder.replies[id(prompt)]}
     if not generation.error:
       if kind == KIND_REFUSEWEB:
         speakers = pick_speakers(doc_id, options.seed)
@@ -263,7 +291,12 @@ def main(argv=None):
   parser.add_argument("--data", default=DATA, help="labelled JSONL files (glob)")
   parser.add_argument("--json", action="store_true", help="print the figures as JSON")
   parser.add_argument("--output", default=None, help="also write the JSON (with every request's "
-                      "source, output and verdict) to this file")
+                      "source, output and verdict, and every attempt's whole reply and finish "
+                      "reason) to this file")
+  parser.add_argument("--moral_inputs", default=None,
+                      help="a JSONL file of rendered RefuseWeb dialogues ({\"id\", \"text\"} "
+                           "per line) that Moral Education also runs on, beside the dialogues "
+                           "this run's RefuseWeb passed (the embedded model passes none)")
   parser.add_argument("--llama_cpp", action="store_true",
                       help="serve the SmolLM2 GGUF with llama.cpp's OpenAI-compatible server "
                            "(.venv-llama, as tests/e2e/generation/servers.py runs it) on 127.0.0.1 "
@@ -299,7 +332,15 @@ def benchmark(args, pipeline_args):
                      "(--data): there is nothing to benchmark.")
   handler = graph.generator_handler(options)
   model = handler.load_model()
-  gate = SafetyGate(options.classifier_model, options.gate_max_score)
+  # settled once, here, for the safety gate and every quality gate's encoder (a tree without
+  # settle_model, abc53c1, takes the shipped model as its launch does)
+  options.classifier_model = (
+      artifacts.settle_model(options.classifier_model, window=options.window,
+                             overlap=options.overlap)
+      if hasattr(artifacts, "settle_model")
+      else artifacts.model_or_default(options.classifier_model))
+  gate = SafetyGate(options.classifier_model, options.gate_max_score, options.window,
+                    options.overlap)
   counter = TokenCounter()
   rows: list[dict] = []
   rephrase = [(d["id"], d["text"], pick_style(d["id"], options.seed))
@@ -310,6 +351,10 @@ def benchmark(args, pipeline_args):
   dialogues, tokens_b, seconds_b = run_branch(KIND_REFUSEWEB, refuse, options, handler, model,
                                               gate, counter, rows)
   moral = [(f"{doc_id}/refuseweb", text, None) for doc_id, text in sorted(dialogues.items())]
+  if args.moral_inputs:
+    with open(args.moral_inputs, encoding="utf-8") as f:
+      moral += [(row["id"], row["text"], None)
+                for row in (json.loads(line) for line in f if line.strip())]
   _, tokens_c, seconds_c = run_branch(KIND_MORAL_EDUCATION, moral, options, handler, model,
                                       gate, counter, rows)
   tokens, seconds = tokens_a + tokens_b + tokens_c, seconds_a + seconds_b + seconds_c
@@ -318,6 +363,7 @@ def benchmark(args, pipeline_args):
       else f"openai:{options.openai_model}",
       "documents": len(documents), "per_band": args.per_band, "bands": sorted(bands),
       "max_new_tokens": options.max_new_tokens, "max_attempts": options.max_attempts,
+      "temperature": options.temperature, "moral_inputs": len(moral) - len(dialogues),
       "new_tokens": tokens, "generation_s": round(seconds, 1),
       "tokens_per_s": round(tokens / seconds, 2) if seconds else 0.0,
       "sources": {s: LICENSED_SOURCES[s] for s in sorted({d["source"] for d in documents})},
