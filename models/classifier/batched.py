@@ -110,7 +110,9 @@ class BatchedScorer:
     sentence_ends: the sentence-end ids of the model's tokenizer (`chunking.sentence_end_ids`),
       for re-scoring uncertain windows sentence by sentence as ONNX scoring does
       (`chunking.rescore_sentences`); empty (default): windows are scored as they are.
-    sentence_rescoring: which windows are uncertain and how large a sentence window is.
+    sentence_rescoring: which windows are uncertain and how large a sentence window is (default
+      the pipeline's, `chunking.SENTENCE_RESCORING`; TorchSafetyModelHandler passes no
+      sentence_ends yet, which is right while that default is off).
   """
 
   def __init__(self, classifier, device: str = "cpu", dtype: str = "bfloat16",

@@ -34,8 +34,8 @@ Beside those keys, `--json` always carries:
   and the shares predicted >= 1 and >= 4 (`flagged_at_1`, `flagged_at_4`).
 `--by_threshold`, `--calibration`, `--by_kind` and `--confusion` print these as tables.
 
-Scoring is the pipeline's, sentence re-scoring of uncertain windows included
-(`chunking.SentenceRescoring`); `--no_sentence_rescoring` measures without it.
+Scoring is the pipeline's (`chunking.SENTENCE_RESCORING`); `--sentence_rescoring` measures
+another setting of the sentence re-scoring of uncertain windows (`chunking.SentenceRescoring`).
 """
 
 from __future__ import annotations
@@ -314,9 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="also print Recall@3 per kind of unsafe content")
   parser.add_argument("--confusion", action="store_true",
                       help="also print the 0-5 confusion matrix and the precision per band")
-  parser.add_argument("--no_sentence_rescoring", action="store_true",
-                      help="score every window as it is, without re-scoring uncertain windows "
-                           "sentence by sentence (the scoring before it)")
+  parser.add_argument("--sentence_rescoring", default=None,
+                      help="re-score uncertain windows sentence by sentence: "
+                           "LOW,HIGH[,ACCEPT[,MAX_TOKENS[,MIN_TOKENS]]] "
+                           "(chunking.SentenceRescoring), or 'off'; default: the pipeline's "
+                           "setting (chunking.SENTENCE_RESCORING, now off)")
   parser.add_argument("--json", action="store_true", help="print one JSON object")
   return parser
 
@@ -336,8 +338,11 @@ def main(argv=None):
   if model_path is None:
     from models.classifier.export import default_model_path
     model_path = default_model_path()
-  result = evaluate(examples, model_path, args.window, args.overlap,
-                    None if args.no_sentence_rescoring else chunking.SENTENCE_RESCORING)
+  rescoring = chunking.SENTENCE_RESCORING
+  if args.sentence_rescoring is not None:
+    rescoring = (None if args.sentence_rescoring == "off"
+                 else chunking.SentenceRescoring.parse(args.sentence_rescoring))
+  result = evaluate(examples, model_path, args.window, args.overlap, rescoring)
   if args.json:
     json.dump(result, sys.stdout, sort_keys=True)
     sys.stdout.write("\n")

@@ -13,10 +13,11 @@ already gives the matrix products up to 256 rows; see benchmarks/classifier_thro
 With `max_batch_tokens > 0` (for GPUs), the windows of a batch are sorted by length and run in
 padded sub-batches of similar length under that token budget.
 
-A window whose P(score >= 3) is uncertain is scored once more sentence by sentence, and keeps the
-maximum (`chunking.SentenceRescoring`): a threat in one sentence of a long page is otherwise
-averaged away by the window's mean pooling. `run_windows` does it for every caller, from the
-setting and the tokenizer's sentence ends that `make_session` attaches to the session.
+With a `chunking.SentenceRescoring` setting (the default, `chunking.SENTENCE_RESCORING`, is
+off), a window whose P(score >= 3) is uncertain is scored once more sentence by sentence and
+keeps the maximum: a threat in one sentence of a long page is otherwise averaged away by the
+window's mean pooling. `run_windows` does it for every caller, from the setting and the
+tokenizer's sentence ends that `make_session` attaches to the session.
 
 The handler reads a built model folder (the ONNX graph and its tokenizer.json) and never builds
 one: workers have ONNX Runtime but no torch (`models.classifier.artifacts`). Where the graph is
@@ -40,7 +41,8 @@ Windows = typing.Union[np.ndarray, typing.Sequence[np.ndarray]]
 
 def make_session(model_path: str, device: str = "cpu", intra_op_threads: int = 0,
                  spinning: bool = False,
-                 sentence_rescoring: chunking.SentenceRescoring | None = chunking.SENTENCE_RESCORING):
+                 sentence_rescoring: chunking.SentenceRescoring | None = (
+                     chunking.SENTENCE_RESCORING)):
   """An ONNX Runtime session; options are built here since they cannot be pickled.
 
   The session carries what `run_windows` needs to re-score uncertain windows sentence by
@@ -81,7 +83,8 @@ def run_windows(session, windows: typing.Sequence[np.ndarray], max_batch_tokens:
       getattr(session, "sentence_ends", ()), getattr(session, "sentence_rescoring", None))
 
 
-def _run_windows(session, windows: typing.Sequence[np.ndarray], max_batch_tokens: int) -> np.ndarray:
+def _run_windows(session, windows: typing.Sequence[np.ndarray],
+                 max_batch_tokens: int) -> np.ndarray:
   """`run_windows` without the sentence re-scoring."""
   probs = np.zeros((len(windows), 6), dtype=np.float32)
   order = sorted(range(len(windows)), key=lambda i: len(windows[i]))
@@ -169,11 +172,15 @@ class OnnxSafetyModelHandler(ModelHandler[Windows, np.ndarray, typing.Any]):
     max_batch_tokens: 0 (default): one window per ONNX Runtime call, deterministic and fastest
       on CPU; > 0: padded tokens per call, for GPUs (results then depend on batching).
     max_batch_size: documents per RunInference batch.
+    sentence_rescoring: which windows are re-scored sentence by sentence
+      (`chunking.SentenceRescoring`; default the pipeline's, `chunking.SENTENCE_RESCORING`).
   """
 
   def __init__(self, model_path: str | None = None, device: str = "cpu",
                intra_op_threads: int = 0, max_batch_tokens: int = 0,
-               min_batch_size: int = 1, max_batch_size: int = 64):
+               min_batch_size: int = 1, max_batch_size: int = 64,
+               sentence_rescoring: chunking.SentenceRescoring | None = (
+                   chunking.SENTENCE_RESCORING)):
     super().__init__()
     if device not in ("cpu", "cuda"):
       raise ValueError(f"device must be cpu or cuda, got {device!r}")
@@ -181,6 +188,7 @@ class OnnxSafetyModelHandler(ModelHandler[Windows, np.ndarray, typing.Any]):
     self._device = device
     self._intra_op_threads = intra_op_threads
     self._max_batch_tokens = max_batch_tokens
+    self._sentence_rescoring = sentence_rescoring
     self._batching = {"min_batch_size": min_batch_size, "max_batch_size": max_batch_size}
 
   @property
@@ -199,7 +207,8 @@ class OnnxSafetyModelHandler(ModelHandler[Windows, np.ndarray, typing.Any]):
     return self.model_files().tokenizer_folder
 
   def load_model(self):
-    return make_session(self.model_files().onnx, self._device, self._intra_op_threads)
+    return make_session(self.model_files().onnx, self._device, self._intra_op_threads,
+                        sentence_rescoring=self._sentence_rescoring)
 
   def run_inference(self, batch, model, inference_args=None):
     return score_examples(

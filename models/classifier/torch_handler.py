@@ -59,13 +59,7 @@ class TorchSafetyModelHandler(ModelHandler[Windows, np.ndarray, typing.Any]):
     else:
       from models.classifier.model import load_classifier
       classifier = load_classifier()  # LoRA adapters merged into the encoder
-    import os
-    from models.classifier import chunking
-    from models.classifier.batched import TOKENIZER
-    tokenizer = self._merged_dir and os.path.join(self._merged_dir, TOKENIZER)
-    folder = self._merged_dir if tokenizer and os.path.exists(tokenizer) else None
-    return BatchedScorer(classifier, self._device, self._dtype, self._max_batch_tokens,
-                         sentence_ends=chunking.sentence_end_ids(folder))
+    return BatchedScorer(classifier, self._device, self._dtype, self._max_batch_tokens)
 
   def run_inference(self, batch, model: BatchedScorer, inference_args=None):
     return score_examples(batch, model)
