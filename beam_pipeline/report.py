@@ -236,6 +236,14 @@ def _fraction(part: int, whole: int) -> float:
   return round(part / whole, 6) if whole else 0.0
 
 
+def _within(check: dict, part: int, whole: int, max_fraction: float) -> bool:
+  """Adds `fraction` (part of whole), `max_fraction` and `holds` (the fraction at most
+  max_fraction) to a check's figures; returns whether it holds."""
+  check.update(fraction=_fraction(part, whole), max_fraction=max_fraction)
+  check["holds"] = check["fraction"] <= max_fraction
+  return check["holds"]
+
+
 def build_report(counters: dict[str, int],
                  max_failure_fraction: float = DEFAULT_MAX_FAILURE_FRACTION,
                  mode: str = CURATE, allow_empty_input: bool = False) -> dict:
@@ -316,11 +324,8 @@ def build_curate_report(counters: dict[str, int],
   reading = {
       "documents_read": documents_read,
       "dead_lettered": read_dead,
-      "fraction": _fraction(read_dead, documents_read),
-      "max_fraction": max_failure_fraction,
   }
-  reading["holds"] = reading["fraction"] <= max_failure_fraction
-  if not reading["holds"]:
+  if not _within(reading, read_dead, documents_read, max_failure_fraction):
     failed.append("read_failures")
   score_failures = dead_letters.get(STAGE_SCORE, {}).get(INFERENCE_ERROR, 0)
   # Every document given to scoring is scored or dead-lettered by it.
@@ -328,11 +333,8 @@ def build_curate_report(counters: dict[str, int],
   scoring = {
       "documents": given,
       "failures": score_failures,
-      "fraction": _fraction(score_failures, given),
-      "max_fraction": max_failure_fraction,
   }
-  scoring["holds"] = scoring["fraction"] <= max_failure_fraction
-  if not scoring["holds"]:
+  if not _within(scoring, score_failures, given, max_failure_fraction):
     failed.append("score_failures")
   return {
       "documents_read": documents_read,
