@@ -21,6 +21,7 @@ the graph takes, which the launch checks `--window` against without downloading 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
@@ -86,20 +87,31 @@ def graph_positions(config, onnx_path: str) -> int:
                    f"(its config's max_position_embeddings): {window_error(onnx_path, declared)}")
 
 
-def add_metadata(folder: str, config) -> str:
-  """Writes model.json ({"max_positions": N}, `graph_positions` of the folder's fp32 graph)
-  into `folder`, through a temporary name and a rename; returns its path."""
-  positions = graph_positions(config, os.path.join(folder, FP32_NAME))
-  target = os.path.join(folder, METADATA_NAME)
-  handle, partial = tempfile.mkstemp(prefix=f".{METADATA_NAME}.", suffix=".part", dir=folder)
+@contextlib.contextmanager
+def _placed(folder: str, name: str):
+  """(a temporary path in `folder`, the final path of `name` there): what the block writes to
+  the temporary path is renamed to `name` (mode 644) when the block succeeds, so a process
+  reading the folder meanwhile never sees part of a file; the temporary one is removed either
+  way."""
+  target = os.path.join(folder, name)
+  handle, partial = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=folder)
+  os.close(handle)
   try:
-    with os.fdopen(handle, "w", encoding="utf-8") as f:
-      json.dump({MAX_POSITIONS: positions}, f, sort_keys=True)
+    yield partial, target
     os.chmod(partial, 0o644)
     os.replace(partial, target)
   finally:
     if os.path.exists(partial):
       os.unlink(partial)
+
+
+def add_metadata(folder: str, config) -> str:
+  """Writes model.json ({"max_positions": N}, `graph_positions` of the folder's fp32 graph)
+  into `folder`, through a temporary name and a rename; returns its path."""
+  positions = graph_positions(config, os.path.join(folder, FP32_NAME))
+  with _placed(folder, METADATA_NAME) as (partial, target):
+    with open(partial, "w", encoding="utf-8") as f:
+      json.dump({MAX_POSITIONS: positions}, f, sort_keys=True)
   return target
 
 
@@ -107,16 +119,8 @@ def add_tokenizer(folder: str, source: str | None = None) -> str:
   """Copies tokenizer.json (default: the encoder package's) into `folder`, through a temporary
   name of its own and a rename, so that a process reading the folder meanwhile never sees part
   of it; returns its path."""
-  target = os.path.join(folder, TOKENIZER_NAME)
-  handle, partial = tempfile.mkstemp(prefix=f".{TOKENIZER_NAME}.", suffix=".part", dir=folder)
-  os.close(handle)
-  try:
+  with _placed(folder, TOKENIZER_NAME) as (partial, target):
     shutil.copyfile(source or os.path.join(encoder_dir(), TOKENIZER_NAME), partial)
-    os.chmod(partial, 0o644)
-    os.replace(partial, target)
-  finally:
-    if os.path.exists(partial):
-      os.unlink(partial)
   return target
 
 
